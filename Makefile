@@ -1,0 +1,28 @@
+# hdrlog -- the two commands a new machine needs are `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+IFACE ?=
+
+.PHONY: setup run test lint stack-up stack-down clean
+
+setup:
+	bash scripts/setup.sh
+
+## run: set up, start the local stack, capture demo traffic (or IFACE=...), show the records
+run: setup
+	$(VENV)/bin/hdrlog demo $(if $(IFACE),--iface $(IFACE))
+
+## test: set up, start the local stack, run every test (kernel, stack, unit) and the linters
+test: setup
+	$(PY) -m ruff check producer tests
+	$(PY) -m mypy producer
+	$(PY) -m pytest -ra
+
+stack-up: setup
+	$(VENV)/bin/hdrlog stack up
+
+stack-down:
+	$(VENV)/bin/hdrlog stack down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

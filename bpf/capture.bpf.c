@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * capture.bpf.c -- hdrlog's hook entry points (tc clsact ingress/egress).
+ *
+ * Each packet: count it, apply 1-in-N sampling, parse its headers into a
+ * struct hdrlog_record (parse.h) and write that to the `events` ring buffer.
+ * A full ring buffer loses the record but never silently: HDRLOG_C_RB_FAIL
+ * counts it.  Invariant: seen = filtered + sampled_out + emitted + rb_fail.
+ *
+ * Wake-ups are batched: only every config[HDRLOG_CFG_WAKEUP_RECORDS]-th
+ * record on a CPU wakes the reader; the reader also polls on a short timer,
+ * which bounds latency at low rates.
+ *
+ * The programs never change the packet's fate: they return TC_ACT_UNSPEC so
+ * any other classifier on the hook still runs.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include "maps.h"
+#include "parse.h"
+
+static __always_inline void count(__u32 idx)
+{
+	u64 *v = counters.lookup(&idx);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline __u32 cfg(__u32 idx)
+{
+	u32 *v = config.lookup(&idx);
+
+	return v ? *v : 0;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
+{
+	struct hdrlog_record r;
+	__u32 rate, wake, idx = HDRLOG_C_EMITTED;
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	u64 *emitted;
+
+	count(HDRLOG_C_SEEN);
+	rate = cfg(HDRLOG_CFG_SAMPLE_RATE);
+	if (rate > 1 && bpf_get_prandom_u32() % rate != 0) {
+		count(HDRLOG_C_SAMPLED_OUT);
+		return TC_ACT_UNSPEC;
+	}
+
+	__builtin_memset(&r, 0, sizeof(r));
+	r.ts_ns = bpf_ktime_get_ns();
+	r.ifindex = skb->ifindex;
+	r.pkt_len = skb->len;
+	r.gso_segments = skb->gso_segs > 1 ? skb->gso_segs : 1;
+	r.direction = direction;
+	r.sample_rate = rate > 1 ? rate : 1;
+	hl_parse_packet(skb, &r);
+	if (r.flags & HDRLOG_F_ANOMALY)
+		count(HDRLOG_C_PARSE_ANOMALY);
+
+	emitted = counters.lookup(&idx);
+	if (!emitted)
+		return TC_ACT_UNSPEC;
+	wake = cfg(HDRLOG_CFG_WAKEUP_RECORDS);
+	if (wake <= 1 || (*emitted + 1) % wake == 0)
+		flags = BPF_RB_FORCE_WAKEUP;
+	if (events.ringbuf_output(&r, sizeof(r), flags) != 0)
+		count(HDRLOG_C_RB_FAIL);
+	else
+		*emitted += 1;
+	return TC_ACT_UNSPEC;
+}
+
+int hdrlog_ingress(struct __sk_buff *skb)
+{
+	return handle(skb, HDRLOG_DIR_INGRESS);
+}
+
+int hdrlog_egress(struct __sk_buff *skb)
+{
+	return handle(skb, HDRLOG_DIR_EGRESS);
+}

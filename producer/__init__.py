@@ -1,0 +1,1 @@
+"""hdrlog: eBPF packet-header records to Kafka as Avro."""

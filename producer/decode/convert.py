@@ -1,0 +1,144 @@
+"""Kernel records (numpy, bpf/record.h layout) -> HeaderRecord dicts.
+
+The dicts have exactly the fields of schemas/HeaderRecord.avsc (the data
+contract); a field whose presence bit is clear is None.  Work is done per
+column with numpy and the per-record step is a single dict build.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from producer.decode import layout
+
+HeaderRecord = dict[str, Any]
+"""One record as the Avro schema defines it (field name -> value)."""
+
+_DIRECTIONS = ("INGRESS", "EGRESS")
+
+
+class InterfaceNames:
+    """ifindex -> name in this network namespace, cached; refreshed on a miss."""
+
+    def __init__(self, lookup: Callable[[int], str] = socket.if_indextoname) -> None:
+        self._lookup = lookup
+        self._names: dict[int, str] = {}
+
+    def name(self, ifindex: int) -> str:
+        found = self._names.get(ifindex)
+        if found is None:
+            try:
+                found = self._lookup(ifindex)
+            except OSError:
+                return f"if{ifindex}"  # gone already: keep the index visible
+            self._names[ifindex] = found
+        return found
+
+
+class MonotonicToWall:
+    """Offset from the kernel's CLOCK_MONOTONIC (bpf_ktime_get_ns) to Unix time."""
+
+    def __init__(
+        self,
+        wall_ns: Callable[[], int] = time.time_ns,
+        mono_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self._wall_ns = wall_ns
+        self._mono_ns = mono_ns
+
+    def offset_ns(self) -> int:
+        # read monotonic on both sides of the wall clock and take the midpoint
+        a = self._mono_ns()
+        w = self._wall_ns()
+        b = self._mono_ns()
+        return w - (a + b) // 2
+
+
+class RecordDecoder:
+    """Turns a drained array of kernel records into HeaderRecord dicts."""
+
+    def __init__(self, host_id: str, names: InterfaceNames, clock: MonotonicToWall) -> None:
+        self._host_id = host_id
+        self._names = names
+        self._clock = clock
+
+    def decode(self, arr: np.ndarray) -> list[HeaderRecord]:
+        n = len(arr)
+        if n == 0:
+            return []
+        flags = arr["flags"].astype(np.uint32)
+
+        def opt(col: str, bit: int) -> list[Any]:
+            vals: list[Any] = arr[col].tolist()
+            present = (flags & bit) != 0
+            if present.all():
+                return vals
+            for i in np.flatnonzero(~present).tolist():
+                vals[i] = None
+            return vals
+
+        def boolean(bit: int, group: int) -> list[bool | None]:
+            has = ((flags & group) != 0).tolist()
+            val = ((flags & bit) != 0).tolist()
+            return [v if h else None for v, h in zip(val, has, strict=True)]
+
+        ts = (arr["ts_ns"].astype(np.int64) + self._clock.offset_ns()).tolist()
+        ifindex = arr["ifindex"].tolist()
+        ifnames = [self._names.name(i) for i in ifindex]
+        ipver = arr["ip_version"]
+        has_ip = (flags & layout.F_IP) != 0
+        alen = np.where(ipver == 6, 16, 4)
+        src_raw = arr["src_ip"]
+        dst_raw = arr["dst_ip"]
+        src_ip: list[bytes | None] = [None] * n
+        dst_ip: list[bytes | None] = [None] * n
+        for i in np.flatnonzero(has_ip).tolist():
+            k = int(alen[i])
+            src_ip[i] = src_raw[i, :k].tobytes()
+            dst_ip[i] = dst_raw[i, :k].tobytes()
+        tos = arr["tos"]
+        vlan_n = arr["vlan_count"].tolist()
+        vlans = arr["vlan_ids"].tolist()
+        columns: dict[str, list[Any]] = {
+            "timestamp_ns": ts,
+            "interface": ifnames,
+            "ifindex": ifindex,
+            "direction": [_DIRECTIONS[d] for d in arr["direction"].tolist()],
+            "src_mac": [bytes(m) for m in arr["src_mac"].tolist()],
+            "dst_mac": [bytes(m) for m in arr["dst_mac"].tolist()],
+            "vlan_ids": [v[:c] for v, c in zip(vlans, vlan_n, strict=True)],
+            "ether_type": arr["ether_type"].tolist(),
+            "ip_version": opt("ip_version", layout.F_IP),
+            "src_ip": src_ip,
+            "dst_ip": dst_ip,
+            "ip_proto": opt("ip_proto", layout.F_IP),
+            "ttl": opt("ttl", layout.F_IP),
+            "dscp": [None if not h else int(t) >> 2 for t, h in zip(tos.tolist(), has_ip.tolist(), strict=True)],
+            "ecn": [None if not h else int(t) & 3 for t, h in zip(tos.tolist(), has_ip.tolist(), strict=True)],
+            "ip_total_length": opt("ip_total_length", layout.F_IP),
+            "ip_id": opt("ip_id", layout.F_IP_ID),
+            "dont_fragment": boolean(layout.F_DF, layout.F_FRAG),
+            "more_fragments": boolean(layout.F_MF, layout.F_FRAG),
+            "fragment_offset": opt("fragment_offset", layout.F_FRAG),
+            "src_port": opt("src_port", layout.F_PORTS),
+            "dst_port": opt("dst_port", layout.F_PORTS),
+            "tcp_flags": opt("tcp_flags", layout.F_TCP),
+            "tcp_seq": opt("tcp_seq", layout.F_TCP),
+            "tcp_ack": opt("tcp_ack", layout.F_TCP),
+            "tcp_window": opt("tcp_window", layout.F_TCP),
+            "icmp_type": opt("icmp_type", layout.F_ICMP),
+            "icmp_code": opt("icmp_code", layout.F_ICMP),
+            "packet_length": arr["pkt_len"].tolist(),
+            "gso_segments": arr["gso_segments"].tolist(),
+            "truncated": ((flags & layout.F_TRUNCATED) != 0).tolist(),
+            "parse_anomaly": ((flags & layout.F_ANOMALY) != 0).tolist(),
+            "sample_rate": arr["sample_rate"].tolist(),
+        }
+        names = ["host_id", *columns]
+        host = [self._host_id] * n
+        return [dict(zip(names, row, strict=True)) for row in zip(host, *columns.values(), strict=True)]

@@ -1,0 +1,72 @@
+"""A namespace joined to this one by a veth pair: the demo network and the
+test bed of the kernel tests.
+
+    [this namespace] <host_if> 10.203.0.1/24, fd00:203::1/64
+          |  veth
+    [netns <ns>]     <peer_if> 10.203.0.2/24, fd00:203::2/64
+
+The agent attaches to ``host_if`` from this namespace, so it reaches the
+broker on 127.0.0.1 while the traffic crosses a real veth pair.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from producer.errors import HdrlogError
+
+
+@dataclass(frozen=True, slots=True)
+class VethNamespace:
+    ns: str = "hdrlog-demo"
+    host_if: str = "hdrlog0"
+    peer_if: str = "hdrlog1"
+    host_ip: str = "10.203.0.1"
+    peer_ip: str = "10.203.0.2"
+    host_ip6: str = "fd00:203::1"
+    peer_ip6: str = "fd00:203::2"
+
+    def _ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+        if check and res.returncode != 0:
+            raise HdrlogError(f"ip {' '.join(args)}: {res.stderr.strip()}")
+        return res
+
+    def exists(self) -> bool:
+        return self._ip("netns", "pids", self.ns, check=False).returncode == 0
+
+    def create(self) -> None:
+        """(Re)create the namespace and the veth pair, addresses up, IPv6 DAD off."""
+        self.destroy()
+        self._ip("netns", "add", self.ns)
+        self._ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.peer_if,
+                 "netns", self.ns)
+        for sysctl in (f"net.ipv6.conf.{self.host_if}.accept_dad=0",):
+            subprocess.run(["sysctl", "-qw", sysctl], check=False)
+        self.exec(["sysctl", "-qw", f"net.ipv6.conf.{self.peer_if}.accept_dad=0"], check=False)
+        self._ip("addr", "add", f"{self.host_ip}/24", "dev", self.host_if)
+        self._ip("addr", "add", f"{self.host_ip6}/64", "dev", self.host_if, "nodad")
+        self._ip("-n", self.ns, "addr", "add", f"{self.peer_ip}/24", "dev", self.peer_if)
+        self._ip("-n", self.ns, "addr", "add", f"{self.peer_ip6}/64", "dev", self.peer_if, "nodad")
+        self._ip("link", "set", self.host_if, "up")
+        self._ip("-n", self.ns, "link", "set", self.peer_if, "up")
+        self._ip("-n", self.ns, "link", "set", "lo", "up")
+
+    def destroy(self) -> None:
+        self._ip("link", "del", self.host_if, check=False)
+        self._ip("netns", "del", self.ns, check=False)
+
+    def exec(self, argv: Sequence[str], *, check: bool = True, timeout: float = 60,
+             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the namespace."""
+        res = subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True,
+                             text=True, check=False, timeout=timeout, input=input_text)
+        if check and res.returncode != 0:
+            raise HdrlogError(f"in netns {self.ns}: {' '.join(argv)}: {res.stderr.strip()}")
+        return res
+
+    def popen(self, argv: Sequence[str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)

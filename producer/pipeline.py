@@ -1,0 +1,292 @@
+"""The only place that wires the stages together.
+
+    kernel tc hooks --(ring buffer)--> capture thread --(bounded queue)--> publish thread --> Kafka
+                                         drain chunks        decode -> serialize -> produce
+
+Backpressure: the queue between capture and publish is bounded; when it is
+full the capture thread waits, the ring buffer fills, and the kernel counts
+every record it cannot reserve (``ringbuf_reserve_failed``).  Nothing is
+dropped in user space except under a named reason (telemetry/counters.py).
+
+Start order: interfaces -> privileges -> registry and broker (retried up to
+the connect timeout) -> BPF load -> tc attach (replacing stale filters).
+Stop order: tc detach -> final ring-buffer drain -> publish the rest -> flush
+within the deadline -> count what is still unflushed -> unload.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TextIO
+
+import numpy as np
+
+from producer.capture.program import CaptureProgram, ProgramOptions, check_privileges
+from producer.capture.ringbuf import RingBufferReader
+from producer.capture.tc import TcHooks
+from producer.config import AgentConfig
+from producer.decode import layout
+from producer.decode.convert import HeaderRecord, InterfaceNames, MonotonicToWall, RecordDecoder
+from producer.errors import HdrlogError, SerializationError
+from producer.publish.kafka import KafkaPublisher
+from producer.records import render
+from producer.retry import with_retry
+from producer.serialize.avro import ConfluentAvroSerializer
+from producer.serialize.registry import Registry
+from producer.serialize.schemas import AvroSchema
+from producer.telemetry.counters import Counters
+
+log = logging.getLogger(__name__)
+
+_END = None  # queue sentinel: capture has finished
+
+
+class RecordSink(Protocol):
+    """Where decoded records go: Kafka, or JSON lines on stdout."""
+
+    def write(self, records: list[HeaderRecord]) -> None: ...
+    def poll(self) -> None: ...
+    def close(self, deadline_s: float) -> None: ...
+
+
+class StdoutSink:
+    """``--stdout``: one JSON object per record, no Kafka at all."""
+
+    def __init__(self, out: TextIO, counters: Counters) -> None:
+        self._out = out
+        self._counters = counters
+
+    def write(self, records: list[HeaderRecord]) -> None:
+        for rec in records:
+            self._out.write(json.dumps(render(rec), separators=(",", ":")) + "\n")
+        self._out.flush()
+        self._counters.add("printed", len(records))
+
+    def poll(self) -> None:
+        return None
+
+    def close(self, deadline_s: float) -> None:
+        return None
+
+
+class KafkaSink:
+    """Avro (Confluent framing) per record, keyed by host id."""
+
+    def __init__(self, publisher: KafkaPublisher, serializer: ConfluentAvroSerializer,
+                 key: bytes, counters: Counters) -> None:
+        self._publisher = publisher
+        self._serializer = serializer
+        self._key = key
+        self._counters = counters
+
+    def write(self, records: list[HeaderRecord]) -> None:
+        for rec in records:
+            try:
+                value = self._serializer.serialize(rec)
+            except SerializationError as exc:
+                self._counters.add("dropped_serialize_error")
+                log.error("%s", exc)
+                continue
+            self._publisher.publish(self._key, value)
+        self._publisher.poll(0)
+
+    def poll(self) -> None:
+        self._publisher.poll(0)
+
+    def close(self, deadline_s: float) -> None:
+        left = self._publisher.flush(deadline_s)
+        if left:
+            self._counters.add("dropped_unflushed_at_exit", left)
+            log.error("%d records still undelivered at the flush deadline", left)
+
+
+@dataclass
+class AgentReport:
+    """What the agent did: kernel and user-space counters at exit."""
+
+    kernel: dict[str, int] = field(default_factory=dict)
+    user: dict[str, int] = field(default_factory=dict)
+    interfaces: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"interfaces": self.interfaces, "kernel": self.kernel, "agent": self.user}
+
+
+def connect_kafka(cfg: AgentConfig, counters: Counters,
+                  on_retry: Callable[[BaseException, float], None]) -> KafkaSink:
+    """Registry and broker, each retried until the connect timeout."""
+    schema = AvroSchema.load("HeaderRecord")
+    subject = f"{cfg.topic}-value"  # TopicNameStrategy
+    with Registry(cfg.schema_registry, cfg.registry) as registry:
+        schema_id = with_retry(lambda: registry.register(subject, schema.text),
+                               deadline_s=cfg.connect_timeout_s, on_retry=on_retry)
+    publisher = KafkaPublisher(cfg.bootstrap_servers, cfg.topic, counters, cfg.kafka)
+    with_retry(lambda: publisher.check_reachable(min(5.0, max(cfg.connect_timeout_s, 0.5))),
+               deadline_s=cfg.connect_timeout_s, on_retry=on_retry)
+    publisher.ensure_topic(cfg.partitions)
+    log.info("publishing to %s (schema id %d, subject %s)", cfg.topic, schema_id, subject)
+    return KafkaSink(publisher, ConfluentAvroSerializer(schema, schema_id),
+                     cfg.host_id.encode(), counters)
+
+
+class Agent:
+    """Capture on the configured interfaces and deliver until ``stop`` is set."""
+
+    def __init__(self, cfg: AgentConfig, *, out: TextIO | None = None,
+                 status: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.counters = Counters()
+        self._out = out or sys.stdout
+        self._status = status
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=cfg.queue_chunks)
+        self._capture_done = threading.Event()
+        self._failure: BaseException | None = None
+        self._failed = threading.Event()
+        self.ready = threading.Event()  # set once every hook is attached
+
+    # -- threads -------------------------------------------------------------
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        self._failed.set()
+
+    def _capture_loop(self, reader: RingBufferReader, detached: threading.Event) -> None:
+        timeout = self.cfg.poll_interval_ms / 1000.0
+        try:
+            while True:
+                final = detached.is_set()  # read before draining: nothing arrives after
+                if not final:
+                    reader.wait(timeout)
+                while True:
+                    chunk = reader.drain()
+                    if len(chunk) == 0:
+                        break
+                    self.counters.add("drained", len(chunk))
+                    self._put(chunk)
+                if final or self._failed.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - top of a thread: record, stop the agent
+            log.exception("capture stopped")
+            self._fail(exc)
+        finally:
+            self._capture_done.set()
+            self._put(_END)
+
+    def _put(self, item: np.ndarray | None) -> None:
+        while not self._failed.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                self.counters.add("capture_queue_full_waits")
+
+    def _publish_loop(self, decoder: RecordDecoder, sink: RecordSink) -> None:
+        try:
+            while True:
+                try:
+                    chunk = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    sink.poll()
+                    continue
+                if chunk is None:
+                    return
+                records = decoder.decode(chunk)
+                self.counters.add("decoded", len(records))
+                sink.write(records)
+        except BaseException as exc:  # noqa: BLE001 - top of a thread: record, stop the agent
+            log.exception("publishing stopped")
+            self._fail(exc)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> AgentReport:
+        cfg = self.cfg
+        if not cfg.interfaces:
+            from producer.errors import ConfigError
+            raise ConfigError("no interface given (--iface or HDRLOG_IFACE)")
+        with TcHooks() as tc:
+            ifindexes = {name: tc.ifindex(name) for name in cfg.interfaces}
+            check_privileges()
+            sink: RecordSink
+            if cfg.stdout:
+                sink = StdoutSink(self._out, self.counters)
+            else:
+                sink = connect_kafka(cfg, self.counters, self._retrying)
+            program = CaptureProgram(ProgramOptions(ringbuf_pages=cfg.ringbuf_pages))
+            try:
+                return self._run_attached(stop, tc, ifindexes, program, sink)
+            finally:
+                program.close()
+
+    def _retrying(self, exc: BaseException, sleep_s: float) -> None:
+        log.warning("%s; retrying in %.1fs", exc, sleep_s)
+
+    def _run_attached(self, stop: threading.Event, tc: TcHooks, ifindexes: dict[str, int],
+                      program: CaptureProgram, sink: RecordSink) -> AgentReport:
+        cfg = self.cfg
+        program.set_config(layout.CFG_SAMPLE_RATE, cfg.sample_rate)
+        program.set_config(layout.CFG_WAKEUP_RECORDS, cfg.wakeup_records)
+        reader = RingBufferReader(program.ringbuf_fd, program.ringbuf_size, layout.RECORD_DTYPE)
+        detached = threading.Event()
+        decoder = RecordDecoder(cfg.host_id, InterfaceNames(), MonotonicToWall())
+        capture = threading.Thread(target=self._capture_loop, args=(reader, detached),
+                                   name="hdrlog-capture", daemon=True)
+        publish = threading.Thread(target=self._publish_loop, args=(decoder, sink),
+                                   name="hdrlog-publish", daemon=True)
+        try:
+            for name, idx in ifindexes.items():
+                stale = tc.remove_ours(idx)
+                if stale:
+                    log.warning("replaced %d stale hdrlog tc filter(s) on %s", stale, name)
+                tc.attach(idx, "ingress", program.ingress.fd, "hdrlog_ingress", cfg.tc_priority)
+                tc.attach(idx, "egress", program.egress.fd, "hdrlog_egress", cfg.tc_priority)
+            log.info("capturing on %s", ", ".join(ifindexes))
+            capture.start()
+            publish.start()
+            self.ready.set()
+            self._wait(stop, program)
+        finally:
+            for name, idx in ifindexes.items():
+                try:
+                    tc.remove_ours(idx)
+                    tc.drop_empty_clsact(idx)
+                except HdrlogError as exc:
+                    log.error("detaching from %s: %s", name, exc)
+            detached.set()
+        if capture.is_alive():
+            capture.join()
+        if publish.is_alive():
+            publish.join()
+        sink.close(cfg.flush_timeout_s)
+        reader.close()
+        report = AgentReport(program.counters(), self.counters.snapshot(), list(ifindexes))
+        if self._failure is not None:
+            failure = self._failure
+            if isinstance(failure, HdrlogError):
+                raise failure
+            raise HdrlogError(f"agent stopped: {failure}") from failure
+        return report
+
+    def _wait(self, stop: threading.Event, program: CaptureProgram) -> None:
+        deadline = None if self.cfg.duration_s is None else time.monotonic() + self.cfg.duration_s
+        while not stop.is_set() and not self._failed.is_set():
+            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if left <= 0:
+                return
+            stop.wait(left)
+            if self._status is not None:
+                k = program.counters()
+                u = self.counters.snapshot()
+                self._status(
+                    f"seen {k['seen']}  emitted {k['emitted']}  lost(ringbuf) "
+                    f"{k['ringbuf_reserve_failed']}  delivered {u.get('delivered', 0)}  "
+                    f"printed {u.get('printed', 0)}"
+                )

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Idempotent set-up of a development / CI machine (Debian 12, root).
+# Called by `make run` and `make test`; safe to run again at any time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEB_PACKAGES=(
+  python3-bpfcc        # bcc (never the unrelated PyPI "bcc")
+  python3-venv
+  linux-headers-amd64  # BCC compiles against /lib/modules/$(uname -r)/build
+  iproute2 iputils-ping tcpdump curl dnsutils util-linux
+  python3-scapy        # independent packet parser/crafter for the tests
+  docker-compose       # `docker-compose config` checks docker-compose.yml
+  maven                # fetches Kafka and Apicurio from Maven Central
+  openjdk-17-jre-headless
+)
+
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# BCC needs /lib/modules/$(uname -r)/build.  Real hosts install the headers
+# matching their kernel; here no such package exists, so -- only where the
+# links are missing -- point them at the installed distro headers (network
+# programs use only UAPI structs).
+kmod="/lib/modules/$(uname -r)"
+if [ ! -e "$kmod/build" ]; then
+  hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)
+  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1)
+  if [ -z "$hdr" ]; then
+    echo "setup: no kernel headers under /usr/src; install linux-headers-$(uname -r)" >&2
+    exit 1
+  fi
+  echo "setup: linking $kmod/build -> $hdr (no headers package matches $(uname -r))"
+  mkdir -p "$kmod"
+  ln -sfn "$hdr" "$kmod/build"
+  [ -e "$kmod/source" ] || ln -sfn "${common:-$hdr}" "$kmod/source"
+fi
+
+# Java 21+ for the schema registry (Apicurio 3.x): any Temurin JDK will do.
+if ! ls -d /usr/lib/jvm/temurin-2[1-9]* /usr/lib/jvm/temurin-[3-9]* >/dev/null 2>&1; then
+  echo "setup: warning: no Java 21+ (Temurin) under /usr/lib/jvm; the local schema registry needs one" >&2
+fi
+
+# The virtualenv: from the distro python (bcc is built for it), seeing its
+# site-packages so that `import bcc` works.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; then
+  rm -rf .venv
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+echo "setup: ok"
