@@ -2,8 +2,9 @@
 /*
  * capture.bpf.c -- hdrlog's hook entry points (tc clsact ingress/egress).
  *
- * Each packet: count it, apply 1-in-N sampling, parse its headers into a
- * struct hdrlog_record (parse.h) and write that to the `events` ring buffer.
+ * Each packet: count it, parse its headers into a struct hdrlog_record
+ * (parse.h), apply the run-time filters (CIDR tries, protocol and port sets),
+ * then 1-in-N sampling, and write the record to the `events` ring buffer.
  * A full ring buffer loses the record but never silently: HDRLOG_C_RB_FAIL
  * counts it.  Invariant: seen = filtered + sampled_out + emitted + rb_fail.
  *
@@ -34,6 +35,64 @@ static __always_inline __u32 cfg(__u32 idx)
 	return v ? *v : 0;
 }
 
+static __always_inline __u8 cidr_verdict(struct hdrlog_record *r, int dst)
+{
+	__u8 *v;
+
+	if (r->ip_version == 4) {
+		struct hdrlog_cidr4_key k4 = {.prefixlen = 32};
+
+		__builtin_memcpy(k4.addr, dst ? r->dst_ip : r->src_ip, 4);
+		v = cidr4.lookup(&k4);
+	} else {
+		struct hdrlog_cidr6_key k6 = {.prefixlen = 128};
+
+		__builtin_memcpy(k6.addr, dst ? r->dst_ip : r->src_ip, 16);
+		v = cidr6.lookup(&k6);
+	}
+	return v ? *v : 0;
+}
+
+static __always_inline int listed_port(__u16 port)
+{
+	__u32 k = port;
+	__u8 *v = ports.lookup(&k);
+
+	return v && *v;
+}
+
+/* 1 when the record passes every active filter */
+static __always_inline int wanted(struct hdrlog_record *r, __u32 active)
+{
+	__u8 vs, vd;
+
+	if (!active)
+		return 1;
+	if (!(r->flags & HDRLOG_F_IP))
+		return !(active & HDRLOG_FILTER_DROP_L2);
+	vs = cidr_verdict(r, 0);
+	vd = cidr_verdict(r, 1);
+	if (vs == HDRLOG_CIDR_EXCLUDE || vd == HDRLOG_CIDR_EXCLUDE)
+		return 0;
+	if ((active & HDRLOG_FILTER_INCLUDE) && vs != HDRLOG_CIDR_INCLUDE &&
+	    vd != HDRLOG_CIDR_INCLUDE)
+		return 0;
+	if (active & HDRLOG_FILTER_PROTOS) {
+		__u32 k = r->ip_proto;
+		__u8 *v = protos.lookup(&k);
+
+		if (!v || !*v)
+			return 0;
+	}
+	if (active & HDRLOG_FILTER_PORTS) {
+		if (!(r->flags & HDRLOG_F_PORTS))
+			return 0;
+		if (!listed_port(r->src_port) && !listed_port(r->dst_port))
+			return 0;
+	}
+	return 1;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 {
 	struct hdrlog_record r;
@@ -43,11 +102,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 
 	count(HDRLOG_C_SEEN);
 	rate = cfg(HDRLOG_CFG_SAMPLE_RATE);
-	if (rate > 1 && bpf_get_prandom_u32() % rate != 0) {
-		count(HDRLOG_C_SAMPLED_OUT);
-		return TC_ACT_UNSPEC;
-	}
-
 	__builtin_memset(&r, 0, sizeof(r));
 	r.ts_ns = bpf_ktime_get_ns();
 	r.ifindex = skb->ifindex;
@@ -57,7 +111,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 	r.sample_rate = rate > 1 ? rate : 1;
 	hl_parse_packet(skb, &r);
 	if (r.flags & HDRLOG_F_ANOMALY)
-		count(HDRLOG_C_PARSE_ANOMALY);
+		count(HDRLOG_C_PARSE_ANOMALY); /* of every packet seen, recorded or not */
+	if (!wanted(&r, cfg(HDRLOG_CFG_FILTER))) {
+		count(HDRLOG_C_FILTERED);
+		return TC_ACT_UNSPEC;
+	}
+	/* sampling after filtering: sample_rate describes the matching traffic */
+	if (rate > 1 && bpf_get_prandom_u32() % rate != 0) {
+		count(HDRLOG_C_SAMPLED_OUT);
+		return TC_ACT_UNSPEC;
+	}
 
 	emitted = counters.lookup(&idx);
 	if (!emitted)

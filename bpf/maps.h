@@ -24,6 +24,17 @@ BPF_PERCPU_ARRAY(counters, u64, HDRLOG_C_MAX);
  * at run time (no reload needed). */
 BPF_ARRAY(config, u32, HDRLOG_CFG_MAX);
 
+/* cidr4 / cidr6: Key = prefix (struct hdrlog_cidr{4,6}_key), Value =
+ * HDRLOG_CIDR_INCLUDE or HDRLOG_CIDR_EXCLUDE.  Longest prefix match. */
+BPF_LPM_TRIE(cidr4, struct hdrlog_cidr4_key, u8, 1024);
+BPF_LPM_TRIE(cidr6, struct hdrlog_cidr6_key, u8, 1024);
+
+/* protos: Key = IP protocol number, Value = 1 when listed. */
+BPF_ARRAY(protos, u8, 256);
+
+/* ports: Key = port number, Value = 1 when listed. */
+BPF_ARRAY(ports, u8, 65536);
+
 /* record_layout: Key = 0, Value = struct hdrlog_record.  Never written: it
  * puts the record type into the program's BTF, where tests/test_layout.py
  * reads the compiled size and offsets. */

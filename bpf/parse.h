@@ -18,7 +18,7 @@
 #include <uapi/linux/in.h>
 #include "record.h"
 
-#define HDRLOG_MAX_VLAN      2  /* in-packet tags we follow (plus the offloaded one) */
+#define HDRLOG_MAX_VLAN      3  /* VLAN tags followed (offloaded one included); 2 ids kept */
 #define HDRLOG_MAX_IPV6_EXT  6  /* extension headers we follow before giving up */
 
 #define ETH_P_8021Q_  0x8100
@@ -208,12 +208,15 @@ static __always_inline void hl_parse_packet(struct __sk_buff *skb, struct hdrlog
 	struct ethhdr eth;
 	__u8 tag[4];
 	__u16 proto;
-	__u32 off = sizeof(eth);
+	__u32 off = sizeof(eth), tags = 0;
 	int i;
 
 	if (skb->vlan_present) {
+		/* the outer tag, moved out of the packet by the core or the driver */
 		r->vlan_ids[0] = skb->vlan_tci & 0x0fff;
 		r->vlan_count = 1;
+		r->pkt_len += 4; /* count it: packet_length is the frame as on the wire */
+		tags = 1;
 	}
 	if (hl_load(skb, 0, &eth, sizeof(eth), skb->len) < 0) {
 		r->flags |= HDRLOG_F_TRUNCATED;
@@ -225,7 +228,7 @@ static __always_inline void hl_parse_packet(struct __sk_buff *skb, struct hdrlog
 
 #pragma unroll
 	for (i = 0; i < HDRLOG_MAX_VLAN; i++) {
-		if (proto != ETH_P_8021Q_ && proto != ETH_P_8021AD_)
+		if (tags >= HDRLOG_MAX_VLAN || (proto != ETH_P_8021Q_ && proto != ETH_P_8021AD_))
 			break;
 		if (hl_load(skb, off, tag, 4, skb->len) < 0) {
 			r->ether_type = proto;
@@ -238,6 +241,7 @@ static __always_inline void hl_parse_packet(struct __sk_buff *skb, struct hdrlog
 		}
 		proto = ((__u16)tag[2] << 8) | tag[3];
 		off += 4;
+		tags++;
 	}
 	r->ether_type = proto;
 	if (proto == ETH_P_8021Q_ || proto == ETH_P_8021AD_) {

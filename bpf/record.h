@@ -40,18 +40,39 @@
 #define HDRLOG_C_SAMPLED_OUT   2 /* skipped by 1-in-N sampling */
 #define HDRLOG_C_EMITTED       3 /* records written to the ring buffer */
 #define HDRLOG_C_RB_FAIL       4 /* ring buffer full: record lost (counted) */
-#define HDRLOG_C_PARSE_ANOMALY 5 /* records flagged HDRLOG_F_ANOMALY */
+#define HDRLOG_C_PARSE_ANOMALY 5 /* packets flagged HDRLOG_F_ANOMALY (not in the invariant) */
 #define HDRLOG_C_MAX           6
 
 /* config map (index into the `config` array) */
-#define HDRLOG_CFG_SAMPLE_RATE  0 /* 1-in-N; 0 or 1 = every packet */
+#define HDRLOG_CFG_SAMPLE_RATE    0 /* 1-in-N; 0 or 1 = every packet */
 #define HDRLOG_CFG_WAKEUP_RECORDS 1 /* wake the reader every N records per CPU */
-#define HDRLOG_CFG_MAX          2
+#define HDRLOG_CFG_FILTER         2 /* HDRLOG_FILTER_* bits: which filters are active */
+#define HDRLOG_CFG_MAX            3
+
+/* config[HDRLOG_CFG_FILTER] bits */
+#define HDRLOG_FILTER_INCLUDE  (1 << 0) /* some CIDR is an include rule */
+#define HDRLOG_FILTER_PROTOS   (1 << 1) /* only listed IP protocols */
+#define HDRLOG_FILTER_PORTS    (1 << 2) /* only listed ports (src or dst) */
+#define HDRLOG_FILTER_DROP_L2  (1 << 3) /* drop frames that are not IP */
+
+/* value of the cidr4/cidr6 tries: the longest matching prefix decides */
+#define HDRLOG_CIDR_INCLUDE 1
+#define HDRLOG_CIDR_EXCLUDE 2
+
+struct hdrlog_cidr4_key {
+	__u32 prefixlen;
+	__u8  addr[4];
+};
+
+struct hdrlog_cidr6_key {
+	__u32 prefixlen;
+	__u8  addr[16];
+};
 
 struct hdrlog_record {
 	__u64 ts_ns;            /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	__u32 ifindex;
-	__u32 pkt_len;          /* skb->len */
+	__u32 pkt_len;          /* skb->len, plus 4 for a tag offloaded to the skb */
 	__u32 tcp_seq;
 	__u32 tcp_ack;
 	__u32 ip_id;            /* IPv4 identification / IPv6 fragment id */

@@ -30,7 +30,9 @@ def _agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Capture packet header records with eBPF (tc clsact ingress and egress) on "
         "the given interfaces and publish them to Kafka, Avro-encoded through a schema "
         "registry (Confluent wire format, key = host id). Every option can also come "
-        "from a TOML file (--config) or an HDRLOG_* environment variable; flags win.",
+        "from a TOML file (--config) or an HDRLOG_* environment variable; flags win. "
+        "SIGHUP re-reads the file and environment and applies filters and sampling "
+        "without reloading the program; SIGINT/SIGTERM detach, drain and flush.",
     )
     p.add_argument("--config", type=Path, help="TOML file with agent settings (keys as below, "
                    "plus [kafka] and [registry] tables passed to the clients)")
@@ -51,6 +53,17 @@ def _agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help=f"ring buffer size in pages, a power of two (default {_D.ringbuf_pages})")
     p.add_argument("--connect-timeout", type=float, dest="connect_timeout_s", metavar="S",
                    help=f"retry broker/registry at start for S seconds (default {_D.connect_timeout_s:g})")
+    p.add_argument("--include-cidr", action="append", dest="include_cidrs", metavar="CIDR",
+                   help="record only IP packets to or from CIDR (repeatable; the longest matching "
+                   "prefix of include/exclude rules decides)")
+    p.add_argument("--exclude-cidr", action="append", dest="exclude_cidrs", metavar="CIDR",
+                   help="never record IP packets to or from CIDR (repeatable)")
+    p.add_argument("--protocol", action="append", dest="protocols", metavar="PROTO",
+                   help="record only this IP protocol: tcp, udp, icmp, icmpv6, sctp or a number")
+    p.add_argument("--port", action="append", dest="ports", metavar="N[-M]",
+                   help="record only packets whose source or destination port is listed")
+    p.add_argument("--drop-non-ip", action="store_true", default=None,
+                   help="do not record frames that are not IPv4/IPv6 (ARP, LLDP, ...)")
     p.add_argument("--print-config", action="store_true",
                    help="print the effective configuration (secrets masked) and exit")
 
@@ -127,18 +140,25 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in (
         "interfaces", "bootstrap_servers", "schema_registry", "topic", "host_id", "partitions",
-        "duration_s", "stdout", "sample_rate", "ringbuf_pages", "connect_timeout_s")}
+        "duration_s", "stdout", "sample_rate", "ringbuf_pages", "connect_timeout_s",
+        "include_cidrs", "exclude_cidrs", "protocols", "ports", "drop_non_ip")}
     cfg = load_config(args.config, os.environ, overrides)
     if args.print_config:
         print(json.dumps(cfg.masked(), indent=2))
         return 0
     stop = _stop_on_signals()
+
+    def reload_config() -> AgentConfig:
+        return load_config(args.config, os.environ, overrides)
+
     status = None
     if sys.stderr.isatty() and not cfg.stdout:
         def status(line: str) -> None:
             sys.stderr.write("\r\x1b[2K" + line)
             sys.stderr.flush()
-    report = Agent(cfg, status=status).run(stop)
+    agent = Agent(cfg, status=status, reload_config=reload_config)
+    signal.signal(signal.SIGHUP, lambda _s, _f: agent.reload_requested.set())
+    report = agent.run(stop)
     if status is not None:
         sys.stderr.write("\n")
     sys.stderr.write(json.dumps({"summary": report.as_dict()}) + "\n")

@@ -11,6 +11,7 @@ SASL, ...); secrets among them are masked by ``masked()``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import socket
 import tomllib
@@ -58,6 +59,16 @@ class AgentConfig:
         default=128, metadata=_meta("HDRLOG_WAKEUP_RECORDS", "records per CPU between kernel wake-ups"))
     sample_rate: int = field(
         default=1, metadata=_meta("HDRLOG_SAMPLE_RATE", "record 1 packet in N (1: every packet)"))
+    include_cidrs: tuple[str, ...] = field(
+        default=(), metadata=_meta("HDRLOG_INCLUDE_CIDRS", "record only IP packets to/from these CIDRs"))
+    exclude_cidrs: tuple[str, ...] = field(
+        default=(), metadata=_meta("HDRLOG_EXCLUDE_CIDRS", "never record IP packets to/from these CIDRs"))
+    protocols: tuple[str, ...] = field(
+        default=(), metadata=_meta("HDRLOG_PROTOCOLS", "record only these IP protocols (names or numbers)"))
+    ports: tuple[str, ...] = field(
+        default=(), metadata=_meta("HDRLOG_PORTS", "record only packets with these ports (N or N-M)"))
+    drop_non_ip: bool = field(
+        default=False, metadata=_meta("HDRLOG_DROP_NON_IP", "drop frames that are not IPv4/IPv6"))
     tc_priority: int = field(
         default=7, metadata=_meta("HDRLOG_TC_PRIORITY", "tc filter priority of the capture programs"))
     queue_chunks: int = field(
@@ -127,6 +138,25 @@ def _coerce(name: str, typ: str, value: Any, source: str) -> Any:
     raise ConfigError(f"unsupported type for {where}")  # pragma: no cover
 
 
+PROTOCOL_NAMES = {"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51,
+                  "icmpv6": 58, "sctp": 132, "udplite": 136}
+
+
+def protocol_number(text: str) -> int | None:
+    t = text.strip().lower()
+    if t in PROTOCOL_NAMES:
+        return PROTOCOL_NAMES[t]
+    return int(t) if t.isdigit() and int(t) <= 255 else None
+
+
+def port_range(text: str) -> tuple[int, int] | None:
+    lo, _, hi = text.strip().partition("-")
+    if not lo.isdigit() or (hi and not hi.isdigit()):
+        return None
+    a, b = int(lo), int(hi or lo)
+    return (a, b) if 0 <= a <= b <= 0xFFFF else None
+
+
 def _validate(cfg: AgentConfig) -> AgentConfig:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"invalid value for {key}: {why}")
@@ -147,6 +177,18 @@ def _validate(cfg: AgentConfig) -> AgentConfig:
         raise bad("host_id", "must not be empty")
     if not cfg.topic:
         raise bad("topic", "must not be empty")
+    for key in ("include_cidrs", "exclude_cidrs"):
+        for text in getattr(cfg, key):
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise bad(key, f"{text!r} is not a CIDR") from None
+    for text in cfg.protocols:
+        if protocol_number(text) is None:
+            raise bad("protocols", f"{text!r} is not a protocol name or number 0..255")
+    for text in cfg.ports:
+        if port_range(text) is None:
+            raise bad("ports", f"{text!r} is not a port or range N-M within 0..65535")
     for name in cfg.interfaces:
         if not name or len(name) > 15 or "/" in name or name.strip() != name:
             raise bad("interfaces", f"{name!r} is not a valid interface name")

@@ -11,6 +11,7 @@ broker on 127.0.0.1 while the traffic crosses a real veth pair.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,8 +38,12 @@ class VethNamespace:
     def exists(self) -> bool:
         return self._ip("netns", "pids", self.ns, check=False).returncode == 0
 
-    def create(self) -> None:
-        """(Re)create the namespace and the veth pair, addresses up, IPv6 DAD off."""
+    def create(self, *, quiet: bool = False) -> None:
+        """(Re)create the namespace and the veth pair, addresses up, IPv6 DAD off.
+
+        ``quiet``: IPv4 only, with static neighbour entries, so that no packet
+        crosses the pair but the ones a test sends (no ARP, ND, MLD, RS).
+        """
         self.destroy()
         self._ip("netns", "add", self.ns)
         self._ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.peer_if,
@@ -47,12 +52,26 @@ class VethNamespace:
             subprocess.run(["sysctl", "-qw", sysctl], check=False)
         self.exec(["sysctl", "-qw", f"net.ipv6.conf.{self.peer_if}.accept_dad=0"], check=False)
         self._ip("addr", "add", f"{self.host_ip}/24", "dev", self.host_if)
-        self._ip("addr", "add", f"{self.host_ip6}/64", "dev", self.host_if, "nodad")
+        if not quiet:
+            self._ip("addr", "add", f"{self.host_ip6}/64", "dev", self.host_if, "nodad")
         self._ip("-n", self.ns, "addr", "add", f"{self.peer_ip}/24", "dev", self.peer_if)
-        self._ip("-n", self.ns, "addr", "add", f"{self.peer_ip6}/64", "dev", self.peer_if, "nodad")
+        if not quiet:
+            self._ip("-n", self.ns, "addr", "add", f"{self.peer_ip6}/64", "dev", self.peer_if, "nodad")
+        if quiet:
+            subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{self.host_if}.disable_ipv6=1"], check=True)
+            self.exec(["sysctl", "-qw", f"net.ipv6.conf.{self.peer_if}.disable_ipv6=1"])
+            self._ip("neigh", "add", self.peer_ip, "lladdr", self.mac(peer=True), "dev", self.host_if,
+                     "nud", "permanent")
+            self._ip("-n", self.ns, "neigh", "add", self.host_ip, "lladdr", self.mac(peer=False), "dev",
+                     self.peer_if, "nud", "permanent")
         self._ip("link", "set", self.host_if, "up")
         self._ip("-n", self.ns, "link", "set", self.peer_if, "up")
         self._ip("-n", self.ns, "link", "set", "lo", "up")
+
+    def mac(self, *, peer: bool) -> str:
+        args = ["-n", self.ns, "-j", "link", "show", self.peer_if] if peer else \
+            ["-j", "link", "show", self.host_if]
+        return str(json.loads(self._ip(*args).stdout)[0]["address"])
 
     def destroy(self) -> None:
         self._ip("link", "del", self.host_if, check=False)

@@ -16,6 +16,7 @@ within the deadline -> count what is still unflushed -> unload.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
@@ -28,6 +29,7 @@ from typing import Any, Protocol, TextIO
 
 import numpy as np
 
+from producer.capture.control import CaptureControl
 from producer.capture.program import CaptureProgram, ProgramOptions, check_privileges
 from producer.capture.ringbuf import RingBufferReader
 from producer.capture.tc import TcHooks
@@ -140,7 +142,8 @@ class Agent:
     """Capture on the configured interfaces and deliver until ``stop`` is set."""
 
     def __init__(self, cfg: AgentConfig, *, out: TextIO | None = None,
-                 status: Callable[[str], None] | None = None) -> None:
+                 status: Callable[[str], None] | None = None,
+                 reload_config: Callable[[], AgentConfig] | None = None) -> None:
         self.cfg = cfg
         self.counters = Counters()
         self._out = out or sys.stdout
@@ -150,6 +153,8 @@ class Agent:
         self._failure: BaseException | None = None
         self._failed = threading.Event()
         self.ready = threading.Event()  # set once every hook is attached
+        self.reload_requested = threading.Event()  # SIGHUP: re-read filters and sampling
+        self._reload_config = reload_config
 
     # -- threads -------------------------------------------------------------
 
@@ -226,14 +231,34 @@ class Agent:
             finally:
                 program.close()
 
+    def _reload(self, control: CaptureControl) -> None:
+        """Apply the filter and sampling settings of a re-read config; keep the rest."""
+        if self._reload_config is None:
+            return
+        try:
+            new = self._reload_config()
+        except HdrlogError as exc:
+            log.error("reload refused, keeping the running settings: %s", exc)
+            return
+        live = ("include_cidrs", "exclude_cidrs", "protocols", "ports", "drop_non_ip",
+                "sample_rate", "wakeup_records")
+        ignored = [f.name for f in dataclasses.fields(new)
+                   if f.name not in live and getattr(new, f.name) != getattr(self.cfg, f.name)]
+        merged = dataclasses.replace(self.cfg, **{k: getattr(new, k) for k in live})
+        control.apply(merged)
+        self.cfg = merged
+        log.info("applied filters and sampling: %s", json.dumps({k: getattr(merged, k) for k in live}))
+        if ignored:
+            log.warning("changed settings that need a restart were not applied: %s", ", ".join(ignored))
+
     def _retrying(self, exc: BaseException, sleep_s: float) -> None:
         log.warning("%s; retrying in %.1fs", exc, sleep_s)
 
     def _run_attached(self, stop: threading.Event, tc: TcHooks, ifindexes: dict[str, int],
                       program: CaptureProgram, sink: RecordSink) -> AgentReport:
         cfg = self.cfg
-        program.set_config(layout.CFG_SAMPLE_RATE, cfg.sample_rate)
-        program.set_config(layout.CFG_WAKEUP_RECORDS, cfg.wakeup_records)
+        control = CaptureControl(program.bpf)
+        control.apply(cfg)
         reader = RingBufferReader(program.ringbuf_fd, program.ringbuf_size, layout.RECORD_DTYPE)
         detached = threading.Event()
         decoder = RecordDecoder(cfg.host_id, InterfaceNames(), MonotonicToWall())
@@ -252,7 +277,7 @@ class Agent:
             capture.start()
             publish.start()
             self.ready.set()
-            self._wait(stop, program)
+            self._wait(stop, program, control)
         finally:
             for name, idx in ifindexes.items():
                 try:
@@ -275,14 +300,19 @@ class Agent:
             raise HdrlogError(f"agent stopped: {failure}") from failure
         return report
 
-    def _wait(self, stop: threading.Event, program: CaptureProgram) -> None:
+    def _wait(self, stop: threading.Event, program: CaptureProgram, control: CaptureControl) -> None:
+        """Until stopped, the duration ends or a stage fails; serves reloads and the status line."""
         deadline = None if self.cfg.duration_s is None else time.monotonic() + self.cfg.duration_s
+        next_status = time.monotonic() + 1.0
         while not stop.is_set() and not self._failed.is_set():
-            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
-            if left <= 0:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 return
-            stop.wait(left)
-            if self._status is not None:
+            if self.reload_requested.wait(0.1 if deadline is None else min(0.1, deadline - now)):
+                self.reload_requested.clear()
+                self._reload(control)
+            if self._status is not None and time.monotonic() >= next_status:
+                next_status += 1.0
                 k = program.counters()
                 u = self.counters.snapshot()
                 self._status(

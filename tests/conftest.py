@@ -66,13 +66,7 @@ def stack() -> Any:
 @pytest.fixture
 def veth(root_required: None) -> Iterator[Any]:
     """A fresh namespace joined by a veth pair, unique per test."""
-    from producer.netns import VethNamespace
-
-    n = f"{os.getpid() % 1000}{next(_ids)}"
-    net = VethNamespace(ns=f"hlt-{n}", host_if=f"hlt{n}a", peer_if=f"hlt{n}b",
-                        host_ip="10.204.0.1", peer_ip="10.204.0.2",
-                        host_ip6="fd00:204::1", peer_ip6="fd00:204::2")
-    net.create()
+    net = _veth(f"{os.getpid() % 1000}{next(_ids)}", quiet=False)
     try:
         yield net
     finally:
@@ -86,17 +80,27 @@ class AgentProcess:
         self.proc = proc
         self.iface = iface
         self._err: list[str] = []
-        self._reader = threading.Thread(target=self._collect, daemon=True)
-        self._reader.start()
+        self._out: list[str] = []
+        self._readers = [threading.Thread(target=self._collect, args=(proc.stderr, self._err), daemon=True),
+                         threading.Thread(target=self._collect, args=(proc.stdout, self._out), daemon=True)]
+        for r in self._readers:
+            r.start()
 
-    def _collect(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self._err.append(line)
+    @staticmethod
+    def _collect(pipe: Any, into: list[str]) -> None:
+        for line in pipe:
+            into.append(line)
 
     @property
     def stderr(self) -> str:
         return "".join(self._err)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON records printed so far (``--stdout`` mode)."""
+        return [json.loads(line) for line in list(self._out) if line.startswith("{")]
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in list(self._err) if line.startswith('{"ts"')]
 
     def our_filters(self) -> list[Any]:
         from producer.capture.tc import TcHooks
@@ -109,24 +113,27 @@ class AgentProcess:
 
         def attached() -> bool:
             if self.proc.poll() is not None:
-                self._reader.join(5)
+                self._join()
                 raise AssertionError(f"agent exited early:\n{self.stderr}")
             return any('"capturing on' in line for line in self._err)
 
         wait_for(attached, deadline_s, "the agent to attach")
 
+    def _join(self) -> None:
+        for r in self._readers:
+            r.join(30)
+
     def wait_exit(self, timeout: float = 120) -> tuple[str, str]:
-        out = self.proc.stdout.read() if self.proc.stdout else ""
         self.proc.wait(timeout)
-        self._reader.join(10)
+        self._join()
         self.close()
-        return out, self.stderr
+        return "".join(self._out), self.stderr
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(30)
-        self._reader.join(10)
+        self._join()
         for pipe in (self.proc.stdout, self.proc.stderr):
             if pipe is not None:
                 pipe.close()
@@ -161,3 +168,56 @@ def start_agent() -> Iterator[Callable[..., AgentProcess]]:
 def run_hdrlog(*args: str, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*HDRLOG, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, **kw)
+
+
+def _veth(n: str, quiet: bool) -> Any:
+    from producer.netns import VethNamespace
+
+    net = VethNamespace(ns=f"hlt-{n}", host_if=f"hlt{n}a", peer_if=f"hlt{n}b",
+                        host_ip="10.204.0.1", peer_ip="10.204.0.2",
+                        host_ip6="fd00:204::1", peer_ip6="fd00:204::2")
+    net.create(quiet=quiet)
+    return net
+
+
+@pytest.fixture
+def quiet_veth(root_required: None) -> Iterator[Any]:
+    """Like ``veth`` but IPv4 only with static neighbours: only what a test sends crosses it."""
+    net = _veth(f"{os.getpid() % 1000}{next(_ids)}", quiet=True)
+    try:
+        yield net
+    finally:
+        net.destroy()
+
+
+SEND_UDP = """
+import socket, sys
+dst, dport, sport, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("", sport))
+for i in range(count):
+    s.sendto(b"x" * 18, (dst, dport))
+"""
+
+
+def send_udp(net: Any, dst: str, dport: int, count: int, sport: int = 40000) -> None:
+    """``count`` UDP datagrams from the peer namespace to ``dst:dport``."""
+    net.exec(["/usr/bin/python3", "-c", SEND_UDP, dst, str(dport), str(sport), str(count)])
+
+
+@pytest.fixture
+def udp_sinks() -> Iterator[Callable[..., None]]:
+    """Bind UDP ports in this namespace (never read), so no ICMP port-unreachable answers."""
+    import socket
+
+    socks: list[socket.socket] = []
+
+    def bind(*ports: int) -> None:
+        for port in ports:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("0.0.0.0", port))
+            socks.append(s)
+
+    yield bind
+    for s in socks:
+        s.close()

@@ -33,23 +33,24 @@ N_PING = 3
 UDP_PORT, UDP_SPORT, UDP6_SPORT, TCP_PORT = 41235, 41234, 41233, 41236
 
 # runs inside the peer namespace: UDP (v4 and v6) with replies, a TCP exchange, pings
-CLIENT = """
+CLIENT = f"""
 import socket, sys
 host, host6 = sys.argv[1], sys.argv[2]
-for fam, addr, sport, n in ((socket.AF_INET, host, {sport}, {n4}), (socket.AF_INET6, host6, {sport6}, {n6})):
+flows = ((socket.AF_INET, host, {UDP_SPORT}, {N_UDP}), (socket.AF_INET6, host6, {UDP6_SPORT}, {N_UDP6}))
+for fam, addr, sport, n in flows:
     s = socket.socket(fam, socket.SOCK_DGRAM)
     s.bind(("", sport))
     s.settimeout(10)
     for i in range(n):
-        s.sendto(b"hdrlog-%d" % i, (addr, {port}))
+        s.sendto(b"hdrlog-%d" % i, (addr, {UDP_PORT}))
     for i in range(n):
         s.recvfrom(100)
     s.close()
-c = socket.create_connection((host, {tport}), timeout=10)
+c = socket.create_connection((host, {TCP_PORT}), timeout=10)
 c.sendall(b"hello")
 assert c.recv(5) == b"hello"
 c.close()
-""".format(sport=UDP_SPORT, sport6=UDP6_SPORT, n4=N_UDP, n6=N_UDP6, port=UDP_PORT, tport=TCP_PORT)
+"""
 
 
 def _servers(veth) -> tuple[list[socket.socket], threading.Thread]:

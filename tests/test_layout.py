@@ -57,7 +57,11 @@ def test_constants_match_record_h() -> None:
         "ABI_VERSION": layout.ABI_VERSION, "DIR_INGRESS": layout.DIR_INGRESS,
         "DIR_EGRESS": layout.DIR_EGRESS, "C_MAX": layout.C_MAX, "CFG_MAX": layout.CFG_MAX,
         "CFG_SAMPLE_RATE": layout.CFG_SAMPLE_RATE, "CFG_WAKEUP_RECORDS": layout.CFG_WAKEUP_RECORDS,
+        "CFG_FILTER": layout.CFG_FILTER, "CIDR_INCLUDE": layout.CIDR_INCLUDE,
+        "CIDR_EXCLUDE": layout.CIDR_EXCLUDE,
     }
+    for name in ("INCLUDE", "PROTOS", "PORTS", "DROP_L2"):
+        expected[f"FILTER_{name}"] = getattr(layout, f"FILTER_{name}")
     for name in ("IP", "PORTS", "TCP", "ICMP", "IP_ID", "FRAG", "DF", "MF", "TRUNCATED", "ANOMALY"):
         expected[f"F_{name}"] = getattr(layout, f"F_{name}")
     for i, name in enumerate(("SEEN", "FILTERED", "SAMPLED_OUT", "EMITTED", "RB_FAIL",

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from producer.decode import layout
 from producer.errors import CaptureError, PrivilegeError
@@ -88,7 +89,6 @@ class CaptureProgram:
                 raise _classify_bcc_error(exc, err.read().decode(errors="replace")) from exc
         self._events = self._bpf[b"events"]
         self._counters = self._bpf[b"counters"]
-        self._config = self._bpf[b"config"]
 
     @property
     def ringbuf_fd(self) -> int:
@@ -106,20 +106,22 @@ class CaptureProgram:
             out[name] = int(sum(per_cpu))
         return out
 
-    def set_config(self, index: int, value: int) -> None:
-        self._config[ctypes.c_int(index)] = ctypes.c_uint32(value)
+    @property
+    def bpf(self) -> Any:
+        """The bcc object, for capture/control.py's map updates."""
+        return self._bpf
 
     def close(self) -> None:
         self._bpf.cleanup()
 
 
 @contextlib.contextmanager
-def _fd2_to(sink: tempfile._TemporaryFileWrapper[bytes] | object) -> Iterator[None]:
+def _fd2_to(sink: IO[bytes]) -> Iterator[None]:
     """Send file descriptor 2 (where libbcc prints compiler and verifier logs) to ``sink``."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
-        os.dup2(sink.fileno(), 2)  # type: ignore[attr-defined]
+        os.dup2(sink.fileno(), 2)
         yield
     finally:
         sys.stderr.flush()

@@ -47,7 +47,16 @@ KERNEL_COUNTERS: Final = (
 
 CFG_SAMPLE_RATE: Final = 0
 CFG_WAKEUP_RECORDS: Final = 1
-CFG_MAX: Final = 2
+CFG_FILTER: Final = 2
+CFG_MAX: Final = 3
+
+FILTER_INCLUDE: Final = 1 << 0
+FILTER_PROTOS: Final = 1 << 1
+FILTER_PORTS: Final = 1 << 2
+FILTER_DROP_L2: Final = 1 << 3
+
+CIDR_INCLUDE: Final = 1
+CIDR_EXCLUDE: Final = 2
 
 RECORD_DTYPE: Final = np.dtype(
     {
