@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * capture.bpf.c -- hdrlog's hook entry points (tc clsact ingress/egress).
+ * capture.bpf.c -- hdrlog's hook entry points: tc clsact ingress/egress, and
+ * XDP as an ingress-only option.
  *
  * Each packet: count it, parse its headers into a struct hdrlog_record
  * (parse.h), apply the run-time filters (CIDR tries, protocol and port sets),
@@ -12,8 +13,8 @@
  * record on a CPU wakes the reader; the reader also polls on a short timer,
  * which bounds latency at low rates.
  *
- * The programs never change the packet's fate: they return TC_ACT_UNSPEC so
- * any other classifier on the hook still runs.
+ * The programs never change the packet's fate: tc returns TC_ACT_UNSPEC so
+ * any other classifier on the hook still runs, XDP returns XDP_PASS.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -93,54 +94,85 @@ static __always_inline int wanted(struct hdrlog_record *r, __u32 active)
 	return 1;
 }
 
-static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
+/* The common path of every hook: parse, filter, sample, write. */
+static __always_inline void handle(void *ctx, const int xdp, struct hdrlog_record *r,
+				   __u32 frame_len, __u32 offloaded_tags)
 {
-	struct hdrlog_record r;
 	__u32 rate, wake, idx = HDRLOG_C_EMITTED;
 	__u64 flags = BPF_RB_NO_WAKEUP;
 	u64 *emitted;
 
 	count(HDRLOG_C_SEEN);
 	rate = cfg(HDRLOG_CFG_SAMPLE_RATE);
-	__builtin_memset(&r, 0, sizeof(r));
-	r.ts_ns = bpf_ktime_get_ns();
-	r.ifindex = skb->ifindex;
-	r.pkt_len = skb->len;
-	r.gso_segments = skb->gso_segs > 1 ? skb->gso_segs : 1;
-	r.direction = direction;
-	r.sample_rate = rate > 1 ? rate : 1;
-	hl_parse_packet(skb, &r);
-	if (r.flags & HDRLOG_F_ANOMALY)
+	r->ts_ns = bpf_ktime_get_ns();
+	r->sample_rate = rate > 1 ? rate : 1;
+	hl_parse_packet(ctx, xdp, r, frame_len, offloaded_tags);
+	if (r->flags & HDRLOG_F_ANOMALY)
 		count(HDRLOG_C_PARSE_ANOMALY); /* of every packet seen, recorded or not */
-	if (!wanted(&r, cfg(HDRLOG_CFG_FILTER))) {
+	if (!wanted(r, cfg(HDRLOG_CFG_FILTER))) {
 		count(HDRLOG_C_FILTERED);
-		return TC_ACT_UNSPEC;
+		return;
 	}
 	/* sampling after filtering: sample_rate describes the matching traffic */
 	if (rate > 1 && bpf_get_prandom_u32() % rate != 0) {
 		count(HDRLOG_C_SAMPLED_OUT);
-		return TC_ACT_UNSPEC;
+		return;
 	}
 
 	emitted = counters.lookup(&idx);
 	if (!emitted)
-		return TC_ACT_UNSPEC;
+		return;
 	wake = cfg(HDRLOG_CFG_WAKEUP_RECORDS);
 	if (wake <= 1 || (*emitted + 1) % wake == 0)
 		flags = BPF_RB_FORCE_WAKEUP;
-	if (events.ringbuf_output(&r, sizeof(r), flags) != 0)
+	if (events.ringbuf_output(r, sizeof(*r), flags) != 0)
 		count(HDRLOG_C_RB_FAIL);
 	else
 		*emitted += 1;
+}
+
+static __always_inline int handle_tc(struct __sk_buff *skb, __u8 direction)
+{
+	struct hdrlog_record r;
+	__u32 tags = 0;
+
+	__builtin_memset(&r, 0, sizeof(r));
+	r.ifindex = skb->ifindex;
+	r.pkt_len = skb->len;
+	r.gso_segments = skb->gso_segs > 1 ? skb->gso_segs : 1;
+	r.direction = direction;
+	if (skb->vlan_present) {
+		/* the outer tag, moved out of the packet by the core or the driver */
+		r.vlan_ids[0] = skb->vlan_tci & 0x0fff;
+		r.vlan_count = 1;
+		r.pkt_len += 4; /* packet_length is the frame as on the wire */
+		tags = 1;
+	}
+	handle(skb, 0, &r, skb->len, tags);
 	return TC_ACT_UNSPEC;
 }
 
 int hdrlog_ingress(struct __sk_buff *skb)
 {
-	return handle(skb, HDRLOG_DIR_INGRESS);
+	return handle_tc(skb, HDRLOG_DIR_INGRESS);
 }
 
 int hdrlog_egress(struct __sk_buff *skb)
 {
-	return handle(skb, HDRLOG_DIR_EGRESS);
+	return handle_tc(skb, HDRLOG_DIR_EGRESS);
+}
+
+/* XDP: ingress only, before the stack allocates an skb (the high-rate option) */
+int hdrlog_xdp(struct xdp_md *ctx)
+{
+	struct hdrlog_record r;
+	__u32 len = bpf_xdp_get_buff_len(ctx);
+
+	__builtin_memset(&r, 0, sizeof(r));
+	r.ifindex = ctx->ingress_ifindex;
+	r.pkt_len = len;
+	r.gso_segments = 1;
+	r.direction = HDRLOG_DIR_INGRESS;
+	handle(ctx, 1, &r, len, 0);
+	return XDP_PASS;
 }

@@ -2,9 +2,11 @@
 /*
  * parse.h -- bounded header parsing for struct hdrlog_record.
  *
- * All reads go through bpf_skb_load_bytes() with constant lengths, so
- * variable offsets (IPv4 options, IPv6 extension headers, VLAN stacks) never
- * trouble the verifier and non-linear skbs are read correctly.  A header that
+ * All reads go through bpf_skb_load_bytes() (tc) or bpf_xdp_load_bytes()
+ * (XDP) with constant lengths, so variable offsets (IPv4 options, IPv6
+ * extension headers, VLAN stacks) never trouble the verifier and non-linear
+ * packets are read correctly.  `xdp` is a compile-time constant at every call
+ * site (the functions are always inlined), so each program keeps one helper.  A header that
  * does not fit in what the frame (or the IP datagram) holds marks the record
  * HDRLOG_F_TRUNCATED and leaves every later field absent; a header that lies
  * (IHL < 5, a length beyond the frame) marks it HDRLOG_F_ANOMALY.
@@ -25,27 +27,29 @@
 #define ETH_P_8021AD_ 0x88A8
 
 /* load `len` bytes at `off` if they lie before `end`; 0 on success */
-static __always_inline int hl_load(struct __sk_buff *skb, __u32 off, void *dst, __u32 len,
+static __always_inline int hl_load(void *ctx, const int xdp, __u32 off, void *dst, __u32 len,
 				   __u32 end)
 {
 	if (off + len > end)
 		return -1;
-	return bpf_skb_load_bytes(skb, off, dst, len);
+	if (xdp)
+		return bpf_xdp_load_bytes(ctx, off, dst, len);
+	return bpf_skb_load_bytes(ctx, off, dst, len);
 }
 
-static __always_inline void hl_parse_l4(struct __sk_buff *skb, struct hdrlog_record *r,
+static __always_inline void hl_parse_l4(void *ctx, const int xdp, struct hdrlog_record *r,
 					__u32 off, __u32 end)
 {
 	__u8 b[20];
 
 	switch (r->ip_proto) {
 	case IPPROTO_TCP:
-		if (hl_load(skb, off, b, 4, end) < 0)
+		if (hl_load(ctx, xdp, off, b, 4, end) < 0)
 			goto trunc;
 		r->src_port = ((__u16)b[0] << 8) | b[1];
 		r->dst_port = ((__u16)b[2] << 8) | b[3];
 		r->flags |= HDRLOG_F_PORTS;
-		if (hl_load(skb, off, b, 20, end) < 0)
+		if (hl_load(ctx, xdp, off, b, 20, end) < 0)
 			goto trunc;
 		r->tcp_seq = ((__u32)b[4] << 24) | ((__u32)b[5] << 16) | ((__u32)b[6] << 8) | b[7];
 		r->tcp_ack = ((__u32)b[8] << 24) | ((__u32)b[9] << 16) | ((__u32)b[10] << 8) | b[11];
@@ -58,17 +62,17 @@ static __always_inline void hl_parse_l4(struct __sk_buff *skb, struct hdrlog_rec
 	case IPPROTO_UDP:
 	case IPPROTO_UDPLITE:
 	case IPPROTO_SCTP:
-		if (hl_load(skb, off, b, 4, end) < 0)
+		if (hl_load(ctx, xdp, off, b, 4, end) < 0)
 			goto trunc;
 		r->src_port = ((__u16)b[0] << 8) | b[1];
 		r->dst_port = ((__u16)b[2] << 8) | b[3];
 		r->flags |= HDRLOG_F_PORTS;
-		if (r->ip_proto == IPPROTO_UDP && hl_load(skb, off, b, 8, end) < 0)
+		if (r->ip_proto == IPPROTO_UDP && hl_load(ctx, xdp, off, b, 8, end) < 0)
 			goto trunc;
 		return;
 	case IPPROTO_ICMP:
 	case IPPROTO_ICMPV6:
-		if (hl_load(skb, off, b, 2, end) < 0)
+		if (hl_load(ctx, xdp, off, b, 2, end) < 0)
 			goto trunc;
 		r->icmp_type = b[0];
 		r->icmp_code = b[1];
@@ -82,26 +86,26 @@ trunc:
 }
 
 /* the end of the IP datagram, bounded by the frame; flags a lying length */
-static __always_inline __u32 hl_ip_end(struct __sk_buff *skb, struct hdrlog_record *r,
-				       __u32 off, __u32 ip_len)
+static __always_inline __u32 hl_ip_end(struct hdrlog_record *r, __u32 off, __u32 ip_len,
+				       __u32 frame_len)
 {
 	__u32 end = off + ip_len;
 
-	if (end > skb->len) {
+	if (end > frame_len) {
 		r->flags |= HDRLOG_F_ANOMALY;
-		return skb->len;
+		return frame_len;
 	}
 	return end;
 }
 
-static __always_inline void hl_parse_ipv4(struct __sk_buff *skb, struct hdrlog_record *r,
-					  __u32 off)
+static __always_inline void hl_parse_ipv4(void *ctx, const int xdp, struct hdrlog_record *r,
+					  __u32 off, __u32 frame_len)
 {
 	struct iphdr ip;
 	__u32 ihl, end;
 	__u16 frag;
 
-	if (hl_load(skb, off, &ip, sizeof(ip), skb->len) < 0) {
+	if (hl_load(ctx, xdp, off, &ip, sizeof(ip), frame_len) < 0) {
 		r->flags |= HDRLOG_F_TRUNCATED;
 		return;
 	}
@@ -126,18 +130,18 @@ static __always_inline void hl_parse_ipv4(struct __sk_buff *skb, struct hdrlog_r
 		r->flags |= HDRLOG_F_ANOMALY;
 		return;
 	}
-	end = hl_ip_end(skb, r, off, r->ip_total_length);
+	end = hl_ip_end(r, off, r->ip_total_length, frame_len);
 	if (off + ihl > end) {
 		r->flags |= HDRLOG_F_TRUNCATED;
 		return;
 	}
 	if (r->fragment_offset != 0)
 		return; /* non-first fragment: no transport header */
-	hl_parse_l4(skb, r, off + ihl, end);
+	hl_parse_l4(ctx, xdp, r, off + ihl, end);
 }
 
-static __always_inline void hl_parse_ipv6(struct __sk_buff *skb, struct hdrlog_record *r,
-					  __u32 off)
+static __always_inline void hl_parse_ipv6(void *ctx, const int xdp, struct hdrlog_record *r,
+					  __u32 off, __u32 frame_len)
 {
 	struct ipv6hdr ip6;
 	__u8 b[8];
@@ -145,7 +149,7 @@ static __always_inline void hl_parse_ipv6(struct __sk_buff *skb, struct hdrlog_r
 	__u8 nh;
 	int i;
 
-	if (hl_load(skb, off, &ip6, sizeof(ip6), skb->len) < 0) {
+	if (hl_load(ctx, xdp, off, &ip6, sizeof(ip6), frame_len) < 0) {
 		r->flags |= HDRLOG_F_TRUNCATED;
 		return;
 	}
@@ -162,7 +166,7 @@ static __always_inline void hl_parse_ipv6(struct __sk_buff *skb, struct hdrlog_r
 		r->flags |= HDRLOG_F_ANOMALY;
 		return;
 	}
-	end = hl_ip_end(skb, r, off, r->ip_total_length);
+	end = hl_ip_end(r, off, r->ip_total_length, frame_len);
 	off += sizeof(ip6);
 
 #pragma unroll
@@ -171,13 +175,13 @@ static __always_inline void hl_parse_ipv6(struct __sk_buff *skb, struct hdrlog_r
 		case IPPROTO_HOPOPTS:
 		case IPPROTO_ROUTING:
 		case IPPROTO_DSTOPTS:
-			if (hl_load(skb, off, b, 2, end) < 0)
+			if (hl_load(ctx, xdp, off, b, 2, end) < 0)
 				goto trunc;
 			nh = b[0];
 			off += ((__u32)b[1] + 1) * 8;
 			break;
 		case IPPROTO_FRAGMENT:
-			if (hl_load(skb, off, b, 8, end) < 0)
+			if (hl_load(ctx, xdp, off, b, 8, end) < 0)
 				goto trunc;
 			nh = b[0];
 			r->fragment_offset = (((__u16)b[2] << 8) | b[3]) >> 3;
@@ -193,7 +197,7 @@ static __always_inline void hl_parse_ipv6(struct __sk_buff *skb, struct hdrlog_r
 			break;
 		default:
 			r->ip_proto = nh;
-			hl_parse_l4(skb, r, off, end);
+			hl_parse_l4(ctx, xdp, r, off, end);
 			return;
 		}
 	}
@@ -203,22 +207,20 @@ trunc:
 	r->flags |= HDRLOG_F_TRUNCATED;
 }
 
-static __always_inline void hl_parse_packet(struct __sk_buff *skb, struct hdrlog_record *r)
+/*
+ * Parse a frame of `frame_len` bytes.  `tags` is 1 when the caller already
+ * recorded a VLAN tag that the core or driver moved out of the packet (tc).
+ */
+static __always_inline void hl_parse_packet(void *ctx, const int xdp, struct hdrlog_record *r,
+					    __u32 frame_len, __u32 tags)
 {
 	struct ethhdr eth;
 	__u8 tag[4];
 	__u16 proto;
-	__u32 off = sizeof(eth), tags = 0;
+	__u32 off = sizeof(eth);
 	int i;
 
-	if (skb->vlan_present) {
-		/* the outer tag, moved out of the packet by the core or the driver */
-		r->vlan_ids[0] = skb->vlan_tci & 0x0fff;
-		r->vlan_count = 1;
-		r->pkt_len += 4; /* count it: packet_length is the frame as on the wire */
-		tags = 1;
-	}
-	if (hl_load(skb, 0, &eth, sizeof(eth), skb->len) < 0) {
+	if (hl_load(ctx, xdp, 0, &eth, sizeof(eth), frame_len) < 0) {
 		r->flags |= HDRLOG_F_TRUNCATED;
 		return;
 	}
@@ -230,7 +232,7 @@ static __always_inline void hl_parse_packet(struct __sk_buff *skb, struct hdrlog
 	for (i = 0; i < HDRLOG_MAX_VLAN; i++) {
 		if (tags >= HDRLOG_MAX_VLAN || (proto != ETH_P_8021Q_ && proto != ETH_P_8021AD_))
 			break;
-		if (hl_load(skb, off, tag, 4, skb->len) < 0) {
+		if (hl_load(ctx, xdp, off, tag, 4, frame_len) < 0) {
 			r->ether_type = proto;
 			r->flags |= HDRLOG_F_TRUNCATED;
 			return;
@@ -249,9 +251,9 @@ static __always_inline void hl_parse_packet(struct __sk_buff *skb, struct hdrlog
 		return;
 	}
 	if (proto == ETH_P_IP)
-		hl_parse_ipv4(skb, r, off);
+		hl_parse_ipv4(ctx, xdp, r, off, frame_len);
 	else if (proto == ETH_P_IPV6)
-		hl_parse_ipv6(skb, r, off);
+		hl_parse_ipv6(ctx, xdp, r, off, frame_len);
 }
 
 #endif /* HDRLOG_PARSE_H */

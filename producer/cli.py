@@ -53,6 +53,10 @@ def _agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help=f"ring buffer size in pages, a power of two (default {_D.ringbuf_pages})")
     p.add_argument("--connect-timeout", type=float, dest="connect_timeout_s", metavar="S",
                    help=f"retry broker/registry at start for S seconds (default {_D.connect_timeout_s:g})")
+    p.add_argument("--hook", choices=["tc", "xdp"],
+                   help="tc: clsact ingress and egress (default); xdp: ingress only, for high rates")
+    p.add_argument("--xdp-mode", choices=["auto", "native", "generic"],
+                   help="with --hook xdp: driver (native) or generic mode; auto tries native first")
     p.add_argument("--include-cidr", action="append", dest="include_cidrs", metavar="CIDR",
                    help="record only IP packets to or from CIDR (repeatable; the longest matching "
                    "prefix of include/exclude rules decides)")
@@ -141,7 +145,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
         "interfaces", "bootstrap_servers", "schema_registry", "topic", "host_id", "partitions",
         "duration_s", "stdout", "sample_rate", "ringbuf_pages", "connect_timeout_s",
-        "include_cidrs", "exclude_cidrs", "protocols", "ports", "drop_non_ip")}
+        "include_cidrs", "exclude_cidrs", "protocols", "ports", "drop_non_ip", "hook", "xdp_mode")}
     cfg = load_config(args.config, os.environ, overrides)
     if args.print_config:
         print(json.dumps(cfg.masked(), indent=2))

@@ -69,6 +69,10 @@ class AgentConfig:
         default=(), metadata=_meta("HDRLOG_PORTS", "record only packets with these ports (N or N-M)"))
     drop_non_ip: bool = field(
         default=False, metadata=_meta("HDRLOG_DROP_NON_IP", "drop frames that are not IPv4/IPv6"))
+    hook: str = field(
+        default="tc", metadata=_meta("HDRLOG_HOOK", "tc (ingress and egress) or xdp (ingress only)"))
+    xdp_mode: str = field(
+        default="auto", metadata=_meta("HDRLOG_XDP_MODE", "auto (native, else generic), native or generic"))
     tc_priority: int = field(
         default=7, metadata=_meta("HDRLOG_TC_PRIORITY", "tc filter priority of the capture programs"))
     queue_chunks: int = field(
@@ -166,6 +170,10 @@ def _validate(cfg: AgentConfig) -> AgentConfig:
     for key in ("partitions", "poll_interval_ms", "wakeup_records", "sample_rate", "queue_chunks"):
         if getattr(cfg, key) < 1:
             raise bad(key, f"{getattr(cfg, key)} must be at least 1")
+    if cfg.hook not in ("tc", "xdp"):
+        raise bad("hook", f"{cfg.hook!r} is not tc or xdp")
+    if cfg.xdp_mode not in ("auto", "native", "generic"):
+        raise bad("xdp_mode", f"{cfg.xdp_mode!r} is not auto, native or generic")
     if not 1 <= cfg.tc_priority <= 0xFFFF:
         raise bad("tc_priority", f"{cfg.tc_priority} must be in 1..65535")
     for key in ("connect_timeout_s", "flush_timeout_s"):

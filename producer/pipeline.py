@@ -32,6 +32,7 @@ import numpy as np
 from producer.capture.control import CaptureControl
 from producer.capture.program import CaptureProgram, ProgramOptions, check_privileges
 from producer.capture.ringbuf import RingBufferReader
+from producer.capture import xdp
 from producer.capture.tc import TcHooks
 from producer.config import AgentConfig
 from producer.decode import layout
@@ -268,11 +269,7 @@ class Agent:
                                    name="hdrlog-publish", daemon=True)
         try:
             for name, idx in ifindexes.items():
-                stale = tc.remove_ours(idx)
-                if stale:
-                    log.warning("replaced %d stale hdrlog tc filter(s) on %s", stale, name)
-                tc.attach(idx, "ingress", program.ingress.fd, "hdrlog_ingress", cfg.tc_priority)
-                tc.attach(idx, "egress", program.egress.fd, "hdrlog_egress", cfg.tc_priority)
+                self._attach(tc, program, name, idx)
             log.info("capturing on %s", ", ".join(ifindexes))
             capture.start()
             publish.start()
@@ -280,11 +277,7 @@ class Agent:
             self._wait(stop, program, control)
         finally:
             for name, idx in ifindexes.items():
-                try:
-                    tc.remove_ours(idx)
-                    tc.drop_empty_clsact(idx)
-                except HdrlogError as exc:
-                    log.error("detaching from %s: %s", name, exc)
+                self._detach(tc, name, idx)
             detached.set()
         if capture.is_alive():
             capture.join()
@@ -299,6 +292,31 @@ class Agent:
                 raise failure
             raise HdrlogError(f"agent stopped: {failure}") from failure
         return report
+
+    def _attach(self, tc: TcHooks, program: CaptureProgram, name: str, idx: int) -> None:
+        """Hook one interface, replacing what a killed agent of ours left there."""
+        cfg = self.cfg
+        stale = tc.remove_ours(idx)
+        if cfg.hook == "xdp":
+            stale += xdp.detach_ours(name)
+        if stale:
+            log.warning("replaced %d stale hdrlog hook(s) on %s", stale, name)
+        if cfg.hook == "xdp":
+            mode = xdp.attach(name, program.xdp(), cfg.xdp_mode)
+            log.info("XDP (%s mode) on %s", mode, name)
+        else:
+            tc.attach(idx, "ingress", program.ingress.fd, "hdrlog_ingress", cfg.tc_priority)
+            tc.attach(idx, "egress", program.egress.fd, "hdrlog_egress", cfg.tc_priority)
+
+    def _detach(self, tc: TcHooks, name: str, idx: int) -> None:
+        try:
+            if self.cfg.hook == "xdp":
+                xdp.detach_ours(name)
+            else:
+                tc.remove_ours(idx)
+                tc.drop_empty_clsact(idx)
+        except HdrlogError as exc:
+            log.error("detaching from %s: %s", name, exc)
 
     def _wait(self, stop: threading.Event, program: CaptureProgram, control: CaptureControl) -> None:
         """Until stopped, the duration ends or a stage fails; serves reloads and the status line."""

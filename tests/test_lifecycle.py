@@ -51,7 +51,7 @@ def test_sigkill_then_restart_replaces_stale_filters(veth, start_agent) -> None:
     assert show.count("name hdrlog_ingress") == 1 and show.count("name hdrlog_egress") == 1
     _out, err = second.stop()
     assert second.proc.returncode == 0, err
-    assert "replaced 2 stale hdrlog tc filter(s)" in err
+    assert "replaced 2 stale hdrlog hook(s)" in err
     assert "hdrlog" not in _tc_show(veth.host_if)
 
 

@@ -87,8 +87,20 @@ class CaptureProgram:
             except Exception as exc:  # bcc raises bare Exception for compile/load failures
                 err.seek(0)
                 raise _classify_bcc_error(exc, err.read().decode(errors="replace")) from exc
+        self._xdp: Any = None
         self._events = self._bpf[b"events"]
         self._counters = self._bpf[b"counters"]
+
+    def xdp(self) -> Any:
+        """The XDP program, loaded on first use (only the XDP hook needs it)."""
+        if self._xdp is None:
+            from bcc import BPF
+
+            try:
+                self._xdp = self._bpf.load_func(b"hdrlog_xdp", BPF.XDP)
+            except Exception as exc:  # bcc raises bare Exception
+                raise CaptureError(f"the XDP program failed to load: {exc}") from exc
+        return self._xdp
 
     @property
     def ringbuf_fd(self) -> int:

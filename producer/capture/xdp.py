@@ -1,0 +1,83 @@
+"""Attach and detach the XDP program (ingress only, the high-rate option).
+
+Native (driver) mode is tried first and generic (skb) mode is the fallback,
+unless the config names one.  An XDP program that is not ours is never
+replaced: the attach fails with a one-line error naming it.  Ours (named
+``hdrlog_xdp``) left by a killed agent is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from producer.errors import CaptureError, PrivilegeError
+
+PROGRAM_NAME = "hdrlog_xdp"
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+_MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+# iproute2's "mode" numbers (XDP_ATTACHED_*)
+_ATTACHED = {1: "native", 2: "generic", 3: "offload"}
+
+
+@dataclass(frozen=True, slots=True)
+class XdpAttached:
+    name: str | None
+    mode: str
+
+
+def attached(ifname: str) -> XdpAttached | None:
+    """The XDP program on ``ifname``, if any (from iproute2's JSON)."""
+    res = subprocess.run(["ip", "-j", "-d", "link", "show", "dev", ifname], capture_output=True,
+                         text=True, check=False)
+    if res.returncode != 0:
+        raise CaptureError(f"cannot inspect {ifname}: {res.stderr.strip()}")
+    info: dict[str, Any] = json.loads(res.stdout)[0]
+    xdp = info.get("xdp")
+    if not xdp:
+        return None
+    prog = xdp.get("prog") or {}
+    return XdpAttached(prog.get("name"), _ATTACHED.get(int(xdp.get("mode", 0)), "unknown"))
+
+
+def _bcc() -> Any:
+    from bcc import BPF
+
+    return BPF
+
+
+def detach_ours(ifname: str) -> bool:
+    """Remove our program from ``ifname``; True when one was there."""
+    found = attached(ifname)
+    if found is None or found.name != PROGRAM_NAME:
+        return False
+    try:
+        _bcc().remove_xdp(ifname, _MODE_FLAGS.get(found.mode, 0))
+    except Exception as exc:  # bcc raises bare Exception
+        raise CaptureError(f"removing XDP from {ifname}: {exc}") from exc
+    return True
+
+
+def attach(ifname: str, fn: Any, mode: str) -> str:
+    """Attach ``fn`` on ``ifname`` in ``mode`` (auto, native or generic); returns the mode used."""
+    found = attached(ifname)
+    if found is not None and found.name != PROGRAM_NAME:
+        raise CaptureError(f"{ifname} already has an XDP program ({found.name or 'unnamed'}); "
+                           "hdrlog does not replace it (use the tc hook)")
+    detach_ours(ifname)
+    tries = ["native", "generic"] if mode == "auto" else [mode]
+    last: Exception | None = None
+    for m in tries:
+        try:
+            _bcc().attach_xdp(ifname, fn, XDP_FLAGS_UPDATE_IF_NOEXIST | _MODE_FLAGS[m])
+            return m
+        except Exception as exc:  # bcc raises bare Exception
+            last = exc
+    text = str(last)
+    if "Operation not permitted" in text:
+        raise PrivilegeError(f"attaching XDP on {ifname}: needs CAP_NET_ADMIN")
+    raise CaptureError(f"attaching XDP ({'/'.join(tries)}) on {ifname} failed: {text}")
