@@ -29,10 +29,10 @@ from typing import Any, Protocol, TextIO
 
 import numpy as np
 
+from producer.capture import links, xdp
 from producer.capture.control import CaptureControl
 from producer.capture.program import CaptureProgram, ProgramOptions, check_privileges
 from producer.capture.ringbuf import RingBufferReader
-from producer.capture import xdp
 from producer.capture.tc import TcHooks
 from producer.config import AgentConfig
 from producer.decode import layout
@@ -219,7 +219,7 @@ class Agent:
             from producer.errors import ConfigError
             raise ConfigError("no interface given (--iface or HDRLOG_IFACE)")
         with TcHooks() as tc:
-            ifindexes = {name: tc.ifindex(name) for name in cfg.interfaces}
+            ifindexes = links.resolve(cfg.interfaces)
             check_privileges()
             sink: RecordSink
             if cfg.stdout:
@@ -267,17 +267,41 @@ class Agent:
                                    name="hdrlog-capture", daemon=True)
         publish = threading.Thread(target=self._publish_loop, args=(decoder, sink),
                                    name="hdrlog-publish", daemon=True)
+        attached: dict[str, int] = {}
+        lock = threading.Lock()
+        patterns = [s for s in cfg.interfaces if links.is_pattern(s)]
+
+        def attach_new(name: str, idx: int) -> None:  # the watcher thread, its own netlink socket
+            with lock:
+                if attached.get(name) == idx:
+                    return
+                with TcHooks() as own:
+                    self._attach(own, program, name, idx)
+                attached[name] = idx
+            log.info("capturing on %s (appeared later)", name)
+
+        watcher = links.LinkWatcher(patterns, attach_new) if patterns else None
         try:
+            if patterns:
+                # names matched after subscribing: a link that appears meanwhile is seen twice, not never
+                ifindexes.update(links.resolve(patterns))
             for name, idx in ifindexes.items():
-                self._attach(tc, program, name, idx)
-            log.info("capturing on %s", ", ".join(ifindexes))
+                with lock:
+                    self._attach(tc, program, name, idx)
+                    attached[name] = idx
+            log.info("capturing on %s", ", ".join(ifindexes) or f"(none yet: waiting for {', '.join(patterns)})")
+            if watcher is not None:
+                watcher.start()
             capture.start()
             publish.start()
             self.ready.set()
             self._wait(stop, program, control)
         finally:
-            for name, idx in ifindexes.items():
-                self._detach(tc, name, idx)
+            if watcher is not None:
+                watcher.stop()
+            with lock:
+                for name, idx in attached.items():
+                    self._detach(tc, name, idx)
             detached.set()
         if capture.is_alive():
             capture.join()
@@ -285,7 +309,7 @@ class Agent:
             publish.join()
         sink.close(cfg.flush_timeout_s)
         reader.close()
-        report = AgentReport(program.counters(), self.counters.snapshot(), list(ifindexes))
+        report = AgentReport(program.counters(), self.counters.snapshot(), list(attached))
         if self._failure is not None:
             failure = self._failure
             if isinstance(failure, HdrlogError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -57,6 +58,18 @@ def check_privileges(caps: int | None = None) -> None:
         )
 
 
+def check_kernel(release: str | None = None, modules: Path = Path("/lib/modules")) -> None:
+    """Raise CaptureError when this kernel cannot run the capture program."""
+    release = release or os.uname().release
+    nums = [int(x) for x in re.findall(r"\d+", release)[:2]]
+    if len(nums) == 2 and tuple(nums) < (5, 8):
+        raise CaptureError(f"kernel {release} has no BPF ring buffer (needs Linux 5.8 or later)")
+    if not (modules / release / "build").exists():
+        raise CaptureError(
+            f"kernel headers for {release} are missing: BCC compiles against "
+            f"{modules / release / 'build'} (install linux-headers-{release})")
+
+
 @dataclass(frozen=True, slots=True)
 class ProgramOptions:
     ringbuf_pages: int = 4096  # 16 MiB with 4 KiB pages
@@ -69,6 +82,7 @@ class CaptureProgram:
         pages = options.ringbuf_pages
         if pages <= 0 or pages & (pages - 1):
             raise CaptureError(f"ring buffer pages must be a power of two, got {pages}")
+        check_kernel()
         src = bpf_source_dir()
         try:
             from bcc import BPF  # imported here: only capture needs the OS package

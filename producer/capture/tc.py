@@ -25,6 +25,7 @@ _EEXIST = 17
 _ENOENT = 2
 _EPERM = 1
 _EINVAL = 22
+_ENODEV = 19
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +73,8 @@ class TcHooks:
             try:
                 msgs: list[Any] = list(self._ipr.get_filters(index=ifindex, parent=parent))
             except NetlinkError as exc:
-                if exc.code in (_EINVAL, _ENOENT):
-                    continue  # no clsact qdisc here
+                if exc.code in (_EINVAL, _ENOENT, _ENODEV):
+                    continue  # no clsact qdisc here, or the link is gone
                 raise _netlink_error(exc, f"listing tc filters on ifindex {ifindex}") from exc
             for msg in msgs:
                 if not msg["handle"]:
@@ -124,5 +125,5 @@ class TcHooks:
         try:
             self._ipr.tc("del", "clsact", ifindex)
         except NetlinkError as exc:
-            if exc.code not in (_EINVAL, _ENOENT):
+            if exc.code not in (_EINVAL, _ENOENT, _ENODEV):
                 raise _netlink_error(exc, f"removing clsact qdisc on ifindex {ifindex}") from exc
