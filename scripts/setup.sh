@@ -11,7 +11,7 @@ DEB_PACKAGES=(
   linux-headers-amd64  # BCC compiles against /lib/modules/$(uname -r)/build
   iproute2 iputils-ping tcpdump curl dnsutils util-linux
   python3-scapy        # independent packet parser/crafter for the tests
-  docker-compose       # `docker-compose config` checks docker-compose.yml
+  docker-compose python3-yaml  # `docker-compose config` checks docker-compose.yml
   maven                # fetches Kafka and Apicurio from Maven Central
   openjdk-17-jre-headless
 )

@@ -1,0 +1,27 @@
+"""`make run`'s main job: the demo shows the demo traffic as the consumer decodes it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from tests.conftest import run_hdrlog
+
+pytestmark = [pytest.mark.kernel, pytest.mark.stack]
+
+
+def test_demo_shows_decoded_records_and_counters(root_required, stack) -> None:
+    topic = f"hdrlog.test.demo.{uuid.uuid4().hex[:8]}"
+    res = run_hdrlog("--log-format", "json", "demo", "--duration", "4", "--topic", topic, timeout=300)
+    assert res.returncode == 0, res.stderr
+    records = [json.loads(line) for line in res.stdout.splitlines()]
+    http = [r for r in records if r["ip_proto"] == 6 and 8080 in (r["src_port"], r["dst_port"])]
+    assert any(r["tcp_flags"] == 0x02 and r["direction"] == "EGRESS" for r in http)  # curl's SYN
+    assert {(r["icmp_type"], r["direction"]) for r in records if r["ip_proto"] == 1} >= {
+        (8, "EGRESS"), (0, "INGRESS")}
+    assert any(r["ip_proto"] == 58 and r["icmp_type"] == 128 for r in records)  # ping6
+    assert any(r["ip_proto"] == 17 and r["dst_port"] == 53 for r in records)  # the DNS query
+    counters = json.loads(res.stderr[res.stderr.index("==> agent counters") + len("==> agent counters"):])
+    assert counters["agent"]["delivered"] == len(records) == counters["kernel"]["emitted"]
