@@ -87,6 +87,8 @@ def _consume_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--max-records", type=int, metavar="N", help="stop after N records")
     p.add_argument("--idle-timeout", type=float, metavar="S",
                    help="stop when no record arrived for S seconds")
+    p.add_argument("--format", choices=["json", "text"], default="json",
+                   help="json: one object per record (default); text: one readable line per record")
 
 
 def _stack_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -108,6 +110,8 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--duration", type=float, default=8.0, metavar="S", help="capture time (default 8)")
     p.add_argument("--topic", default="hdrlog.demo")
     p.add_argument("--keep-network", action="store_true", help="leave the demo namespace in place")
+    p.add_argument("--json", action="store_true",
+                   help="print the consumer's JSON objects instead of one readable line per record")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,7 +180,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
         bootstrap_servers=args.bootstrap_servers, schema_registry=args.schema_registry,
         topic=args.topic, group=args.group or f"hdrlog-console-{uuid.uuid4().hex[:8]}",
         from_beginning=args.from_beginning, max_records=args.max_records,
-        idle_timeout_s=args.idle_timeout)
+        idle_timeout_s=args.idle_timeout, text=args.format == "text")
     _stop_on_signals_for_consumer()
     report = consume(opts, sys.stdout)
     sys.stderr.write(json.dumps({"records": report.records}) + "\n")
@@ -200,7 +204,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from producer.demo import run_demo
 
     return run_demo(iface=args.iface, duration_s=args.duration, topic=args.topic,
-                    keep_network=args.keep_network)
+                    keep_network=args.keep_network, json_lines=args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

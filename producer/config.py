@@ -81,6 +81,8 @@ class AgentConfig:
         default=30.0, metadata=_meta("HDRLOG_CONNECT_TIMEOUT", "how long start-up retries the broker and registry"))
     flush_timeout_s: float = field(
         default=15.0, metadata=_meta("HDRLOG_FLUSH_TIMEOUT", "deadline for delivering what is queued at exit"))
+    stats_interval_s: float = field(
+        default=60.0, metadata=_meta("HDRLOG_STATS_INTERVAL", "log every counter this often (0: only at exit)"))
     kafka: Mapping[str, str] = field(
         default_factory=dict, metadata=_meta(None, "extra librdkafka properties (file only)"))
     registry: Mapping[str, str] = field(
@@ -176,7 +178,7 @@ def _validate(cfg: AgentConfig) -> AgentConfig:
         raise bad("xdp_mode", f"{cfg.xdp_mode!r} is not auto, native or generic")
     if not 1 <= cfg.tc_priority <= 0xFFFF:
         raise bad("tc_priority", f"{cfg.tc_priority} must be in 1..65535")
-    for key in ("connect_timeout_s", "flush_timeout_s"):
+    for key in ("connect_timeout_s", "flush_timeout_s", "stats_interval_s"):
         if getattr(cfg, key) < 0:
             raise bad(key, "must not be negative")
     if cfg.duration_s is not None and cfg.duration_s <= 0:

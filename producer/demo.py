@@ -49,7 +49,8 @@ def _traffic(net: VethNamespace) -> None:
         _say(f"traffic: {' '.join(argv)} -> exit {res.returncode}")
 
 
-def run_demo(*, iface: str | None, duration_s: float, topic: str, keep_network: bool) -> int:
+def run_demo(*, iface: str | None, duration_s: float, topic: str, keep_network: bool,
+             json_lines: bool = False) -> int:
     from producer.devstack import LocalStack, StackSettings
 
     settings = StackSettings.from_env()
@@ -94,7 +95,7 @@ def run_demo(*, iface: str | None, duration_s: float, topic: str, keep_network: 
         consume(ConsumeOptions(
             bootstrap_servers=settings.bootstrap_servers, schema_registry=settings.registry_url,
             topic=topic, group="hdrlog-demo", from_beginning=True,
-            max_records=delivered, idle_timeout_s=15), sys.stdout)
+            max_records=delivered, idle_timeout_s=15, text=not json_lines), sys.stdout)
         _say("agent counters")
         print(json.dumps(report.as_dict(), indent=2), file=sys.stderr)
         return 0

@@ -164,21 +164,32 @@ class Agent:
             self._failure = exc
         self._failed.set()
 
-    def _capture_loop(self, reader: RingBufferReader, detached: threading.Event) -> None:
+    def _drain(self, reader: RingBufferReader) -> int:
+        drained = 0
+        while True:
+            chunk = reader.drain()
+            if len(chunk) == 0:
+                return drained
+            drained += len(chunk)
+            self.counters.add("drained", len(chunk))
+            self._put(chunk)
+
+    def _capture_loop(self, reader: RingBufferReader, detached: threading.Event,
+                      emitted: Callable[[], int]) -> None:
         timeout = self.cfg.poll_interval_ms / 1000.0
         try:
+            while not detached.is_set() and not self._failed.is_set():
+                reader.wait(timeout)
+                self._drain(reader)
+            # Detached.  A program already running on another CPU when its filter was
+            # removed may still write one record: drain until the kernel's emitted count
+            # is all here (bounded, so a stuck count cannot hang the exit).
+            end = time.monotonic() + 1.0
             while True:
-                final = detached.is_set()  # read before draining: nothing arrives after
-                if not final:
-                    reader.wait(timeout)
-                while True:
-                    chunk = reader.drain()
-                    if len(chunk) == 0:
-                        break
-                    self.counters.add("drained", len(chunk))
-                    self._put(chunk)
-                if final or self._failed.is_set():
+                self._drain(reader)
+                if self.counters.get("drained") >= emitted() or time.monotonic() > end:
                     return
+                reader.wait(0.01)
         except BaseException as exc:  # noqa: BLE001 - top of a thread: record, stop the agent
             log.exception("capture stopped")
             self._fail(exc)
@@ -263,7 +274,8 @@ class Agent:
         reader = RingBufferReader(program.ringbuf_fd, program.ringbuf_size, layout.RECORD_DTYPE)
         detached = threading.Event()
         decoder = RecordDecoder(cfg.host_id, InterfaceNames(), MonotonicToWall())
-        capture = threading.Thread(target=self._capture_loop, args=(reader, detached),
+        capture = threading.Thread(target=self._capture_loop,
+                                   args=(reader, detached, lambda: program.counters()["emitted"]),
                                    name="hdrlog-capture", daemon=True)
         publish = threading.Thread(target=self._publish_loop, args=(decoder, sink),
                                    name="hdrlog-publish", daemon=True)
@@ -346,6 +358,8 @@ class Agent:
         """Until stopped, the duration ends or a stage fails; serves reloads and the status line."""
         deadline = None if self.cfg.duration_s is None else time.monotonic() + self.cfg.duration_s
         next_status = time.monotonic() + 1.0
+        every = self.cfg.stats_interval_s
+        next_stats = time.monotonic() + every if every > 0 else None
         while not stop.is_set() and not self._failed.is_set():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -353,6 +367,9 @@ class Agent:
             if self.reload_requested.wait(0.1 if deadline is None else min(0.1, deadline - now)):
                 self.reload_requested.clear()
                 self._reload(control)
+            if next_stats is not None and time.monotonic() >= next_stats:
+                next_stats += every
+                log.info("stats %s", json.dumps({"kernel": program.counters(), "agent": self.counters.snapshot()}))
             if self._status is not None and time.monotonic() >= next_status:
                 next_status += 1.0
                 k = program.counters()

@@ -66,11 +66,7 @@ def stack() -> Any:
 @pytest.fixture
 def veth(root_required: None) -> Iterator[Any]:
     """A fresh namespace joined by a veth pair, unique per test."""
-    net = _veth(f"{os.getpid() % 1000}{next(_ids)}", quiet=False)
-    try:
-        yield net
-    finally:
-        net.destroy()
+    yield from _veth(quiet=False)
 
 
 class AgentProcess:
@@ -170,24 +166,24 @@ def run_hdrlog(*args: str, timeout: float = 120, **kw: Any) -> subprocess.Comple
                           timeout=timeout, **kw)
 
 
-def _veth(n: str, quiet: bool) -> Any:
+def _veth(quiet: bool) -> Iterator[Any]:
     from producer.netns import VethNamespace
 
+    n = f"{os.getpid() % 1000}{next(_ids)}"
     net = VethNamespace(ns=f"hlt-{n}", host_if=f"hlt{n}a", peer_if=f"hlt{n}b",
                         host_ip="10.204.0.1", peer_ip="10.204.0.2",
                         host_ip6="fd00:204::1", peer_ip6="fd00:204::2")
     net.create(quiet=quiet)
-    return net
+    try:
+        yield net
+    finally:
+        net.destroy()
 
 
 @pytest.fixture
 def quiet_veth(root_required: None) -> Iterator[Any]:
     """Like ``veth`` but IPv4 only with static neighbours: only what a test sends crosses it."""
-    net = _veth(f"{os.getpid() % 1000}{next(_ids)}", quiet=True)
-    try:
-        yield net
-    finally:
-        net.destroy()
+    yield from _veth(quiet=True)
 
 
 SEND_UDP = """

@@ -20,7 +20,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from producer.errors import BrokerError, SerializationError
-from producer.records import render
+from producer.records import render, summary_line
 from producer.serialize.registry import Registry
 
 
@@ -35,6 +35,7 @@ class ConsumeOptions:
     idle_timeout_s: float | None = None
     kafka: Mapping[str, str] | None = None
     registry: Mapping[str, str] | None = None
+    text: bool = False  # one human line per record instead of JSON
 
 
 @dataclass
@@ -86,7 +87,8 @@ def consume(opts: ConsumeOptions, out: TextIO, *,
                 raise SerializationError(
                     f"message at {msg.topic()}[{msg.partition()}]@{msg.offset()} "
                     f"cannot be decoded: {exc}") from exc
-            out.write(json.dumps(render(record), separators=(",", ":")) + "\n")
+            out.write((summary_line(record) if opts.text else
+                       json.dumps(render(record), separators=(",", ":"))) + "\n")
             out.flush()
             if on_record is not None:
                 on_record(record, msg)
