@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import queue
 import sys
 import threading
@@ -49,6 +50,9 @@ from producer.telemetry.counters import Counters
 log = logging.getLogger(__name__)
 
 _END = None  # queue sentinel: capture has finished
+# records per queued chunk: bounds the queue's memory at queue_chunks x 8192 x 112 bytes
+# (56 MiB with the default 64 chunks), whatever the ring buffer's size
+CHUNK_RECORDS = 8192
 
 
 class RecordSink(Protocol):
@@ -60,16 +64,34 @@ class RecordSink(Protocol):
 
 
 class StdoutSink:
-    """``--stdout``: one JSON object per record, no Kafka at all."""
+    """``--stdout``: one JSON object per record, no Kafka at all.
 
-    def __init__(self, out: TextIO, counters: Counters) -> None:
+    When the reader goes away (``hdrlog agent --stdout | head``) the agent stops
+    and what it could not print is counted as ``dropped_stdout_closed``.
+    """
+
+    def __init__(self, out: TextIO, counters: Counters, on_closed: Callable[[], None]) -> None:
         self._out = out
         self._counters = counters
+        self._on_closed = on_closed
+        self._closed = False
 
     def write(self, records: list[HeaderRecord]) -> None:
-        for rec in records:
-            self._out.write(json.dumps(render(rec), separators=(",", ":")) + "\n")
-        self._out.flush()
+        if self._closed:
+            self._counters.add("dropped_stdout_closed", len(records))
+            return
+        text = "".join(json.dumps(render(rec), separators=(",", ":")) + "\n" for rec in records)
+        try:
+            self._out.write(text)
+            self._out.flush()
+        except BrokenPipeError:
+            self._closed = True
+            self._counters.add("dropped_stdout_closed", len(records))
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._out.fileno())  # no second error when Python flushes at exit
+            os.close(devnull)
+            self._on_closed()
+            return
         self._counters.add("printed", len(records))
 
     def poll(self) -> None:
@@ -167,7 +189,7 @@ class Agent:
     def _drain(self, reader: RingBufferReader) -> int:
         drained = 0
         while True:
-            chunk = reader.drain()
+            chunk = reader.drain(CHUNK_RECORDS)
             if len(chunk) == 0:
                 return drained
             drained += len(chunk)
@@ -234,7 +256,7 @@ class Agent:
             check_privileges()
             sink: RecordSink
             if cfg.stdout:
-                sink = StdoutSink(self._out, self.counters)
+                sink = StdoutSink(self._out, self.counters, on_closed=stop.set)
             else:
                 sink = connect_kafka(cfg, self.counters, self._retrying)
             program = CaptureProgram(ProgramOptions(ringbuf_pages=cfg.ringbuf_pages))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 
@@ -66,3 +67,32 @@ def test_other_filters_are_left_alone(veth, start_agent) -> None:
     agent.stop()
     show = _tc_show(veth.host_if)
     assert "hdrlog" not in show and "u32" in show
+
+
+def test_stdout_reader_going_away_stops_and_counts(quiet_veth, udp_sinks) -> None:
+    """`hdrlog agent --stdout | head -1`: exit 0, and what was not printed is counted."""
+    from tests.conftest import HDRLOG, ROOT, send_udp, wait_for
+
+    net = quiet_veth
+    udp_sinks(6300)
+    proc = subprocess.Popen([*HDRLOG, "--log-format", "json", "agent", "--iface", net.host_if, "--stdout"],
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        wait_for(lambda: '"capturing on' in proc.stderr.readline(), 60, "the agent to attach")
+        send_udp(net, net.host_ip, 6300, 1)
+        assert json.loads(proc.stdout.readline())["dst_port"] == 6300
+        proc.stdout.close()  # the reader goes away
+        send_udp(net, net.host_ip, 6300, 3000)
+        err = proc.stderr.read()
+        assert proc.wait(60) == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    s = summary_of(err)
+    a, k = s["agent"], s["kernel"]
+    assert a["dropped_stdout_closed"] > 0 and "Traceback" not in err
+    assert a["printed"] + a["dropped_stdout_closed"] == a["drained"] == k["emitted"]

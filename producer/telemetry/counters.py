@@ -13,6 +13,7 @@ DROP_REASONS: Final = (
     "dropped_serialize_error",     # a record did not fit the schema
     "dropped_delivery_failed",     # the broker refused / delivery timed out for good
     "dropped_unflushed_at_exit",   # still queued when the exit flush deadline passed
+    "dropped_stdout_closed",       # --stdout: the reader went away
 )
 
 
