@@ -1,7 +1,7 @@
 """The only place that wires the stages together.
 
-    kernel tc hooks --(ring buffer)--> capture thread --(bounded queue)--> publish thread --> Kafka
-                                         drain chunks        decode -> serialize -> produce
+    kernel hooks (tc or XDP) --(ring buffer)--> capture thread --(bounded queue)--> publish thread
+                                                  drain chunks             decode -> sink (Kafka | stdout)
 
 Backpressure: the queue between capture and publish is bounded; when it is
 full the capture thread waits, the ring buffer fills, and the kernel counts
@@ -9,8 +9,9 @@ every record it cannot reserve (``ringbuf_reserve_failed``).  Nothing is
 dropped in user space except under a named reason (telemetry/counters.py).
 
 Start order: interfaces -> privileges -> registry and broker (retried up to
-the connect timeout) -> BPF load -> tc attach (replacing stale filters).
-Stop order: tc detach -> final ring-buffer drain -> publish the rest -> flush
+the connect timeout) -> BPF load -> filters and sampling into maps -> attach
+(replacing stale hooks of ours), then the link watcher for patterns.
+Stop order: detach -> final ring-buffer drain -> publish the rest -> flush
 within the deadline -> count what is still unflushed -> unload.
 """
 
@@ -19,14 +20,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import queue
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -37,10 +37,10 @@ from producer.capture.ringbuf import RingBufferReader
 from producer.capture.tc import TcHooks
 from producer.config import AgentConfig
 from producer.decode import layout
-from producer.decode.convert import HeaderRecord, InterfaceNames, MonotonicToWall, RecordDecoder
-from producer.errors import HdrlogError, SerializationError
+from producer.decode.convert import InterfaceNames, MonotonicToWall, RecordDecoder
+from producer.errors import HdrlogError
 from producer.publish.kafka import KafkaPublisher
-from producer.records import render
+from producer.publish.sinks import KafkaSink, RecordSink, StdoutSink
 from producer.retry import with_retry
 from producer.serialize.avro import ConfluentAvroSerializer
 from producer.serialize.registry import Registry
@@ -53,83 +53,6 @@ _END = None  # queue sentinel: capture has finished
 # records per queued chunk: bounds the queue's memory at queue_chunks x 8192 x 112 bytes
 # (56 MiB with the default 64 chunks), whatever the ring buffer's size
 CHUNK_RECORDS = 8192
-
-
-class RecordSink(Protocol):
-    """Where decoded records go: Kafka, or JSON lines on stdout."""
-
-    def write(self, records: list[HeaderRecord]) -> None: ...
-    def poll(self) -> None: ...
-    def close(self, deadline_s: float) -> None: ...
-
-
-class StdoutSink:
-    """``--stdout``: one JSON object per record, no Kafka at all.
-
-    When the reader goes away (``hdrlog agent --stdout | head``) the agent stops
-    and what it could not print is counted as ``dropped_stdout_closed``.
-    """
-
-    def __init__(self, out: TextIO, counters: Counters, on_closed: Callable[[], None]) -> None:
-        self._out = out
-        self._counters = counters
-        self._on_closed = on_closed
-        self._closed = False
-
-    def write(self, records: list[HeaderRecord]) -> None:
-        if self._closed:
-            self._counters.add("dropped_stdout_closed", len(records))
-            return
-        text = "".join(json.dumps(render(rec), separators=(",", ":")) + "\n" for rec in records)
-        try:
-            self._out.write(text)
-            self._out.flush()
-        except BrokenPipeError:
-            self._closed = True
-            self._counters.add("dropped_stdout_closed", len(records))
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self._out.fileno())  # no second error when Python flushes at exit
-            os.close(devnull)
-            self._on_closed()
-            return
-        self._counters.add("printed", len(records))
-
-    def poll(self) -> None:
-        return None
-
-    def close(self, deadline_s: float) -> None:
-        return None
-
-
-class KafkaSink:
-    """Avro (Confluent framing) per record, keyed by host id."""
-
-    def __init__(self, publisher: KafkaPublisher, serializer: ConfluentAvroSerializer,
-                 key: bytes, counters: Counters) -> None:
-        self._publisher = publisher
-        self._serializer = serializer
-        self._key = key
-        self._counters = counters
-
-    def write(self, records: list[HeaderRecord]) -> None:
-        for rec in records:
-            try:
-                value = self._serializer.serialize(rec)
-            except SerializationError as exc:
-                self._counters.add("dropped_serialize_error")
-                log.error("%s", exc)
-                continue
-            self._publisher.publish(self._key, value)
-        self._publisher.poll(0)
-
-    def poll(self) -> None:
-        self._publisher.poll(0)
-
-    def close(self, deadline_s: float) -> None:
-        left = self._publisher.flush(deadline_s)
-        if left:
-            self._counters.add("dropped_unflushed_at_exit", left)
-            log.error("%d records still undelivered at the flush deadline", left)
 
 
 @dataclass
@@ -172,7 +95,6 @@ class Agent:
         self._out = out or sys.stdout
         self._status = status
         self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=cfg.queue_chunks)
-        self._capture_done = threading.Event()
         self._failure: BaseException | None = None
         self._failed = threading.Event()
         self.ready = threading.Event()  # set once every hook is attached
@@ -216,7 +138,6 @@ class Agent:
             log.exception("capture stopped")
             self._fail(exc)
         finally:
-            self._capture_done.set()
             self._put(_END)
 
     def _put(self, item: np.ndarray | None) -> None:
