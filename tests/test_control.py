@@ -88,3 +88,26 @@ def test_filters_and_sampling_change_at_run_time(quiet_veth, start_agent, udp_si
     assert k["sampled_out"] == n - sampled
     assert k["emitted"] == len(records)
     assert k["seen"] == k["filtered"] + k["sampled_out"] + k["emitted"] + k["ringbuf_reserve_failed"]
+
+
+def test_ipv6_cidr_exclude_and_protocol_filter(veth, start_agent) -> None:
+    """IPv6 prefixes go through the cidr6 trie; a protocol set keeps only the IP protocols it
+    lists (non-IP frames such as ARP are a separate switch, --drop-non-ip)."""
+    net = veth
+    agent = start_agent(net.host_if, "--stdout", "--exclude-cidr", "fd00:204::/64", "--protocol", "icmp",
+                        "--protocol", "icmpv6", "--drop-non-ip")
+    agent.wait_attached()
+    net.exec(["ping", "-6", "-c", "3", "-i", "0.05", net.host_ip6])
+    net.exec(["ping", "-c", "4", "-i", "0.05", net.host_ip])
+    with __import__("socket").socket(2, 2) as u:  # UDP: not in the protocol set
+        u.sendto(b"x", (net.peer_ip, 9))
+    _out, err = agent.stop()
+    assert agent.proc.returncode == 0, err
+    recs = agent.records()
+    assert not [r for r in recs if "fd00:204:" in (r["src_ip"] or "") + (r["dst_ip"] or "")]
+    assert recs and all(r["ip_proto"] in (1, 58) for r in recs)
+    pings = Counter((r["direction"], r["icmp_type"]) for r in recs if r["ip_proto"] == 1 and r["icmp_type"] in (0, 8))
+    assert pings == {("INGRESS", 8): 4, ("EGRESS", 0): 4}
+    k = summary_of(err)["kernel"]
+    assert k["filtered"] >= 3 * 2 + 1  # the v6 pings both ways, the UDP datagram
+    assert k["seen"] == k["filtered"] + k["emitted"]
