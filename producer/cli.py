@@ -10,6 +10,7 @@ import argparse
 import json
 import signal
 import sys
+import textwrap
 import threading
 import uuid
 from collections.abc import Sequence
@@ -27,17 +28,25 @@ def _agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = sub.add_parser(
         "agent",
         help="capture packet headers and publish them to Kafka",
-        description="Capture packet header records with eBPF (tc clsact ingress and egress) on "
+        description=textwrap.fill(
+        "Capture packet header records with eBPF (tc clsact ingress and egress) on "
         "the given interfaces and publish them to Kafka, Avro-encoded through a schema "
         "registry (Confluent wire format, key = host id). Every option can also come "
         "from a TOML file (--config) or an HDRLOG_* environment variable; flags win. "
         "SIGHUP re-reads the file and environment and applies filters and sampling "
-        "without reloading the program; SIGINT/SIGTERM detach, drain and flush.",
+        "without reloading the program; SIGINT/SIGTERM detach, drain and flush.", 90),
+        epilog="examples:\n"
+        "  hdrlog agent --iface eth0 --stdout --duration 10      # a quick look, no Kafka\n"
+        "  hdrlog agent --iface eth0 --iface 'veth*' --bootstrap-servers kafka:9092 \\\n"
+        "      --schema-registry http://registry:8081/apis/ccompat/v7 --exclude-cidr 10.0.0.0/8\n"
+        "  hdrlog agent --config /etc/hdrlog/agent.toml --print-config",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", type=Path, help="TOML file with agent settings (keys as below, "
                    "plus [kafka] and [registry] tables passed to the clients)")
     p.add_argument("--iface", action="append", dest="interfaces", metavar="IFACE",
-                   help="interface to capture; repeat for several (env HDRLOG_IFACE, comma-separated)")
+                   help="interface to capture, or a glob pattern that also catches links appearing "
+                   "later; repeat for several (env HDRLOG_IFACE, comma-separated)")
     p.add_argument("--bootstrap-servers", help=f"Kafka bootstrap servers (default {_D.bootstrap_servers})")
     p.add_argument("--schema-registry", help=f"registry URL (default {_D.schema_registry})")
     p.add_argument("--topic", help=f"topic (default {_D.topic}); schema subject <topic>-value")
