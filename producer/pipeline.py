@@ -38,7 +38,7 @@ from producer.capture.tc import TcHooks
 from producer.config import AgentConfig
 from producer.decode import layout
 from producer.decode.convert import InterfaceNames, MonotonicToWall, RecordDecoder
-from producer.errors import HdrlogError
+from producer.errors import ConfigError, HdrlogError
 from producer.publish.kafka import KafkaPublisher
 from producer.publish.sinks import KafkaSink, RecordSink, StdoutSink
 from producer.retry import with_retry
@@ -147,6 +147,18 @@ class Agent:
                 return
             except queue.Full:
                 self.counters.add("capture_queue_full_waits")
+        if item is not None:  # the publisher died: what it will never take is counted
+            self.counters.add("dropped_after_failure", len(item))
+
+    def _count_abandoned(self) -> None:
+        """After a failure, count what is left in the queue (it will never be published)."""
+        while True:
+            try:
+                chunk = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if chunk is not None:
+                self.counters.add("dropped_after_failure", len(chunk))
 
     def _publish_loop(self, decoder: RecordDecoder, sink: RecordSink) -> None:
         try:
@@ -170,7 +182,6 @@ class Agent:
     def run(self, stop: threading.Event) -> AgentReport:
         cfg = self.cfg
         if not cfg.interfaces:
-            from producer.errors import ConfigError
             raise ConfigError("no interface given (--iface or HDRLOG_IFACE)")
         with TcHooks() as tc:
             ifindexes = links.resolve(cfg.interfaces)
@@ -264,8 +275,11 @@ class Agent:
             publish.join()
         sink.close(cfg.flush_timeout_s)
         reader.close()
+        if self._failure is not None:
+            self._count_abandoned()
         report = AgentReport(program.counters(), self.counters.snapshot(), list(attached))
         if self._failure is not None:
+            log.error("stopped by a failure; counters: %s", json.dumps(report.as_dict()))
             failure = self._failure
             if isinstance(failure, HdrlogError):
                 raise failure

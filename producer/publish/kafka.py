@@ -84,7 +84,11 @@ class KafkaPublisher:
 
     def ensure_topic(self, partitions: int, timeout_s: float = 15.0) -> None:
         """Create the topic (broker-default replication) unless it exists."""
-        meta = self._producer.list_topics(timeout=timeout_s)
+        try:
+            meta = self._producer.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot read metadata from {self.bootstrap_servers}: {_first_line(exc)}",
+                              retriable=True) from exc
         if self.topic in meta.topics and not meta.topics[self.topic].error:
             return
         admin = AdminClient(self._admin_conf())

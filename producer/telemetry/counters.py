@@ -14,6 +14,7 @@ DROP_REASONS: Final = (
     "dropped_delivery_failed",     # the broker refused / delivery timed out for good
     "dropped_unflushed_at_exit",   # still queued when the exit flush deadline passed
     "dropped_stdout_closed",       # --stdout: the reader went away
+    "dropped_after_failure",       # drained, but a stage failed and the agent stopped
 )
 
 
