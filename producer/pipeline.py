@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import numpy as np
+import numpy.typing as npt
 
 from producer.capture import links, xdp
 from producer.capture.control import CaptureControl
@@ -94,7 +94,7 @@ class Agent:
         self.counters = Counters()
         self._out = out or sys.stdout
         self._status = status
-        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=cfg.queue_chunks)
+        self._queue: queue.Queue[npt.NDArray[Any] | None] = queue.Queue(maxsize=cfg.queue_chunks)
         self._failure: BaseException | None = None
         self._failed = threading.Event()
         self.ready = threading.Event()  # set once every hook is attached
@@ -140,7 +140,7 @@ class Agent:
         finally:
             self._put(_END)
 
-    def _put(self, item: np.ndarray | None) -> None:
+    def _put(self, item: npt.NDArray[Any] | None) -> None:
         while not self._failed.is_set():
             try:
                 self._queue.put(item, timeout=0.2)

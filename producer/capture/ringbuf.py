@@ -18,8 +18,10 @@ from __future__ import annotations
 import mmap
 import select
 import struct
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from producer.errors import CaptureError
 
@@ -31,7 +33,7 @@ _HDR = 8  # struct bpf_ringbuf_hdr { u32 len; u32 pg_off; }
 class RingBufferReader:
     """Consumer side of one BPF_MAP_TYPE_RINGBUF holding ``record_dtype`` records."""
 
-    def __init__(self, map_fd: int, size_bytes: int, record_dtype: np.dtype) -> None:
+    def __init__(self, map_fd: int, size_bytes: int, record_dtype: np.dtype[Any]) -> None:
         if size_bytes <= 0 or size_bytes & (size_bytes - 1):
             raise CaptureError(f"ring buffer size {size_bytes} is not a power of two")
         page = mmap.PAGESIZE
@@ -76,7 +78,7 @@ class RingBufferReader:
         except InterruptedError:
             return False
 
-    def drain(self, max_records: int = 1 << 20) -> np.ndarray:
+    def drain(self, max_records: int = 1 << 20) -> npt.NDArray[Any]:
         """Copy out every committed record (up to ``max_records``) and release them."""
         cons = self._consumer_pos()
         avail = self._producer_pos() - cons

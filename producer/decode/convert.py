@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from producer.decode import layout
 
@@ -67,7 +68,7 @@ class RecordDecoder:
         self._names = names
         self._clock = clock
 
-    def decode(self, arr: np.ndarray) -> list[HeaderRecord]:
+    def decode(self, arr: npt.NDArray[Any]) -> list[HeaderRecord]:
         n = len(arr)
         if n == 0:
             return []
