@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import mmap
 import select
-import struct
 from typing import Any
 
 import numpy as np
@@ -49,6 +48,12 @@ class RingBufferReader:
         except OSError as exc:
             raise CaptureError(f"cannot map the ring buffer: {exc.strerror}") from exc
         self._page = page
+        # The positions are read and written through aligned 8-byte numpy views: numpy
+        # loads and stores an aligned native integer with one instruction, so neither side
+        # ever sees a torn position.  (struct.pack_into copies bytewise: the kernel then
+        # saw half-written consumer positions and refused reservations it had room for.)
+        self._cons_pos = np.frombuffer(self._cons, dtype=np.uint64, count=1, offset=0)
+        self._prod_pos = np.frombuffer(self._prod, dtype=np.uint64, count=1, offset=0)
         self._slot = np.dtype({
             "names": ["len", "rec"],
             "formats": ["<u4", record_dtype],
@@ -66,10 +71,10 @@ class RingBufferReader:
         return self._producer_pos() - self._consumer_pos()
 
     def _consumer_pos(self) -> int:
-        return int(struct.unpack_from("<Q", self._cons, 0)[0])
+        return int(self._cons_pos[0])
 
     def _producer_pos(self) -> int:
-        return int(struct.unpack_from("<Q", self._prod, 0)[0])
+        return int(self._prod_pos[0])
 
     def wait(self, timeout_s: float) -> bool:
         """Block until the kernel signals data or ``timeout_s`` passes."""
@@ -107,10 +112,11 @@ class RingBufferReader:
             )
         out = slots["rec"][:ready][keep].copy() if not keep.all() else slots["rec"][:ready].copy()
         del slots, lens
-        struct.pack_into("<Q", self._cons, 0, cons + ready * self._stride)
+        self._cons_pos[0] = cons + ready * self._stride
         return out
 
     def close(self) -> None:
+        del self._cons_pos, self._prod_pos  # release the exports before unmapping
         self._epoll.close()
         self._cons.close()
         self._prod.close()
