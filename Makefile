@@ -14,7 +14,7 @@ run: setup
 
 ## test: set up, start the local stack, run every test (kernel, stack, unit) and the linters
 test: setup
-	$(PY) -m ruff check producer tests
+	$(PY) -m ruff check producer tests benchmarks
 	$(PY) -m mypy producer
 	$(PY) -m pytest -ra
 
