@@ -236,7 +236,8 @@ class Agent:
         control.apply(cfg)
         reader = RingBufferReader(program.ringbuf_fd, program.ringbuf_size, layout.RECORD_DTYPE)
         detached = threading.Event()
-        decoder = RecordDecoder(cfg.host_id, InterfaceNames(), MonotonicToWall())
+        names = InterfaceNames()
+        decoder = RecordDecoder(cfg.host_id, names, MonotonicToWall())
         capture = threading.Thread(target=self._capture_loop,
                                    args=(reader, detached, lambda: program.counters()["emitted"]),
                                    name="hdrlog-capture", daemon=True)
@@ -253,6 +254,7 @@ class Agent:
                 with TcHooks() as own:
                     self._attach(own, program, name, idx)
                 attached[name] = idx
+                names.forget(idx)
             log.info("capturing on %s (appeared later)", name)
 
         watcher = links.LinkWatcher(patterns, attach_new) if patterns else None

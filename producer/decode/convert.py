@@ -30,6 +30,10 @@ class InterfaceNames:
         self._lookup = lookup
         self._names: dict[int, str] = {}
 
+    def forget(self, ifindex: int) -> None:
+        """A link appeared with this index: it may be a new link reusing an old index."""
+        self._names.pop(ifindex, None)
+
     def name(self, ifindex: int) -> str:
         found = self._names.get(ifindex)
         if found is None:
