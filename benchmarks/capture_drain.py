@@ -31,18 +31,6 @@ from producer.config import AgentConfig  # noqa: E402
 from producer.decode import layout  # noqa: E402
 from producer.netns import VethNamespace  # noqa: E402
 
-SENDER = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-end = time.time() + float(sys.argv[1])
-n = 0
-while time.time() < end:
-    for _ in range(1000):
-        s.sendto(b"x" * 18, ("10.206.0.1", 7000))
-    n += 1000
-print(n)
-"""
-
 
 def run(mode: str, net: VethNamespace, seconds: float) -> dict[str, float]:
     prog = CaptureProgram(ProgramOptions(4096))
@@ -52,7 +40,7 @@ def run(mode: str, net: VethNamespace, seconds: float) -> dict[str, float]:
     tc.attach(idx, "ingress", prog.ingress.fd, "hdrlog_ingress", 7)
     got = 0
     try:
-        sender = net.popen(["/usr/bin/python3", "-c", SENDER, str(seconds)])
+        sender = net.udp(net.host_ip, 7000, seconds=seconds)
         t0 = time.thread_time()
         if mode == "callback":
             def cb(_ctx: object, data: int, size: int) -> int:
