@@ -1,4 +1,4 @@
-"""Every record says exactly what crossed the wire.
+"""Every record says exactly what crossed the wire, on either hook (tc and XDP).
 
 A known mix -- real TCP, UDP, ICMP echo and errors, ICMPv6 and neighbour
 discovery, plus frames crafted with scapy: IPv6 extension headers and
@@ -237,7 +237,8 @@ def _window(items: list[Any], port_of: Any) -> list[Any]:
     return items[first: last + 1]
 
 
-def test_records_match_pcap_field_by_field(veth, start_agent, tmp_path: Path) -> None:
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_records_match_pcap_field_by_field(veth, start_agent, tmp_path: Path, hook: str) -> None:
     net = veth
     pcap = tmp_path / "in.pcap"
     tcpdump = subprocess.Popen(["tcpdump", "-i", net.host_if, "-Q", "in", "-n", "-U", "--immediate-mode",
@@ -246,7 +247,7 @@ def test_records_match_pcap_field_by_field(veth, start_agent, tmp_path: Path) ->
         assert tcpdump.stderr is not None
         line = tcpdump.stderr.readline()
         assert "listening on" in line, line
-        agent = start_agent(net.host_if, "--stdout")
+        agent = start_agent(net.host_if, "--stdout", "--hook", hook)
         agent.wait_attached()
         host_mac, peer_mac = net.mac(peer=False), net.mac(peer=True)
 
