@@ -139,10 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stop_on_signals() -> threading.Event:
+def _stop_on_signals(running: threading.Event | None = None) -> threading.Event:
+    """SIGINT/SIGTERM set the returned event once ``running`` is set; before that (start-up:
+    retrying the broker, compiling, attaching) they interrupt at once, and the start-up's
+    ``finally`` blocks undo what was done."""
     stop = threading.Event()
 
     def handler(_sig: int, _frame: FrameType | None) -> None:
+        if running is not None and not running.is_set():
+            raise KeyboardInterrupt
         stop.set()
 
     signal.signal(signal.SIGINT, handler)
@@ -163,8 +168,6 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(cfg.masked(), indent=2))
         return 0
-    stop = _stop_on_signals()
-
     def reload_config() -> AgentConfig:
         return load_config(args.config, os.environ, overrides)
 
@@ -174,6 +177,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             sys.stderr.write("\r\x1b[2K" + line)
             sys.stderr.flush()
     agent = Agent(cfg, status=status, reload_config=reload_config)
+    stop = _stop_on_signals(running=agent.ready)
     signal.signal(signal.SIGHUP, lambda _s, _f: agent.reload_requested.set())
     report = agent.run(stop)
     if status is not None:
@@ -230,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hdrlog: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("hdrlog: interrupted", file=sys.stderr)
         return 130
 
 

@@ -58,3 +58,26 @@ def test_bad_config_value_exit_2() -> None:
     assert res.returncode == 2
     assert _one_line_error(res) == (
         "hdrlog: error: invalid value for ringbuf_pages: 1000 is not a power of two")
+
+
+@pytest.mark.kernel
+def test_signal_during_start_up_retries_ends_at_once(veth) -> None:
+    """SIGTERM while the agent still retries an absent registry: it stops now, not after the timeout."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT, wait_for
+    proc = subprocess.Popen([sys.executable, "-m", "producer", "--log-format", "json", "agent", "--iface",
+                             veth.host_if, "--schema-registry", "http://127.0.0.1:9/apis/ccompat/v7",
+                             "--connect-timeout", "60"], cwd=ROOT, text=True, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    wait_for(lambda: "retrying in" in proc.stderr.readline(), 30, "a start-up retry")
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(30) == 130
+    assert time.monotonic() - t0 < 10
+    assert "Traceback" not in err and "hdrlog: interrupted" in err
