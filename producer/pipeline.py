@@ -279,6 +279,7 @@ class Agent:
             with lock:
                 for name, idx in attached.items():
                     self._detach(tc, name, idx)
+            sink.begin_exit(time.monotonic() + cfg.flush_timeout_s)  # the whole exit is bounded
             detached.set()
         if capture.is_alive():
             capture.join()

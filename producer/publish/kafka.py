@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -110,14 +110,18 @@ class KafkaPublisher:
         self._last_error = err.str()
         log.error("delivery failed: %s", err.str())
 
-    def publish(self, key: bytes, value: bytes) -> None:
-        """Queue one message; when librdkafka's queue is full, wait for room."""
+    def publish(self, key: bytes, value: bytes, give_up: Callable[[], bool] = lambda: False) -> bool:
+        """Queue one message; when librdkafka's queue is full, wait for room (serving
+        delivery reports) until ``give_up()`` says the exit deadline has passed.
+        Returns whether the message was queued."""
         while True:
             try:
                 self._producer.produce(self.topic, value=value, key=key, on_delivery=self._on_delivery)
                 self._counters.add("produced")
-                return
+                return True
             except BufferError:
+                if give_up():
+                    return False
                 self._counters.add("producer_queue_full_waits")
                 self._producer.poll(0.05)
 

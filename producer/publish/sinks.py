@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Protocol, TextIO
 
@@ -28,6 +29,7 @@ class RecordSink(Protocol):
     def write(self, records: list[HeaderRecord]) -> None: ...
     def poll(self) -> None: ...
     def close(self, deadline_s: float) -> None: ...
+    def begin_exit(self, deadline: float) -> None: ...
 
 
 class StdoutSink:
@@ -67,9 +69,17 @@ class StdoutSink:
     def close(self, deadline_s: float) -> None:
         return None
 
+    def begin_exit(self, deadline: float) -> None:
+        return None
+
 
 class KafkaSink:
-    """Avro (Confluent framing) per record, keyed by host id."""
+    """Avro (Confluent framing) per record, keyed by host id.
+
+    Exit is bounded: once ``begin_exit(deadline)`` is called, a full producer queue is
+    waited on only until the deadline; what cannot be queued or flushed by then is
+    counted as ``dropped_unflushed_at_exit``.
+    """
 
     def __init__(self, publisher: KafkaPublisher, serializer: ConfluentAvroSerializer,
                  key: bytes, counters: Counters) -> None:
@@ -77,6 +87,13 @@ class KafkaSink:
         self._serializer = serializer
         self._key = key
         self._counters = counters
+        self._exit_at: float | None = None
+
+    def begin_exit(self, deadline: float) -> None:
+        self._exit_at = deadline
+
+    def _past_deadline(self) -> bool:
+        return self._exit_at is not None and time.monotonic() >= self._exit_at
 
     def write(self, records: list[HeaderRecord]) -> None:
         for rec in records:
@@ -86,13 +103,16 @@ class KafkaSink:
                 self._counters.add("dropped_serialize_error")
                 log.error("%s", exc)
                 continue
-            self._publisher.publish(self._key, value)
+            if not self._publisher.publish(self._key, value, self._past_deadline):
+                self._counters.add("dropped_unflushed_at_exit")
         self._publisher.poll(0)
 
     def poll(self) -> None:
         self._publisher.poll(0)
 
     def close(self, deadline_s: float) -> None:
+        if self._exit_at is not None:
+            deadline_s = max(0.0, self._exit_at - time.monotonic())
         left = self._publisher.flush(deadline_s)
         if left:
             self._counters.add("dropped_unflushed_at_exit", left)
