@@ -180,6 +180,12 @@ static __always_inline void hl_parse_ipv6(void *ctx, const int xdp, struct hdrlo
 			nh = b[0];
 			off += ((__u32)b[1] + 1) * 8;
 			break;
+		case IPPROTO_AH: /* IPsec authentication header: length in 4-byte units, minus 2 */
+			if (hl_load(ctx, xdp, off, b, 2, end) < 0)
+				goto trunc;
+			nh = b[0];
+			off += ((__u32)b[1] + 2) * 4;
+			break;
 		case IPPROTO_FRAGMENT:
 			if (hl_load(ctx, xdp, off, b, 8, end) < 0)
 				goto trunc;

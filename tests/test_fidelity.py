@@ -58,6 +58,11 @@ def crafted(net: Any, host_mac: str, peer_mac: str) -> list[bytes]:
     frames = [
         # IPv6 extension header chain, then UDP
         eth / ip6 / IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting() / IPv6ExtHdrDestOpt() / UDP(sport=1111, dport=2222),
+        # IPv6 with an IPsec AH (its length counts 4-byte units) before UDP
+        # (built by hand: importing scapy's ipsec layer warns about cryptography)
+        eth / IPv6(src=p6, dst=h6, nh=51) / Raw(bytes([17, 4, 0, 0]) + (0x1234).to_bytes(4, "big")
+                                                 + (1).to_bytes(4, "big") + b"\x00" * 12)
+        / UDP(sport=1124, dport=2235),
         # IPv6 fragments: first (ports) and a later one (no ports)
         eth / ip6 / IPv6ExtHdrFragment(id=0xDEADBEEF, m=1, offset=0) / UDP(sport=1112, dport=2223) / Raw(b"a" * 32),
         eth / ip6 / IPv6ExtHdrFragment(nh=17, id=0xDEADBEEF, m=0, offset=5) / Raw(b"b" * 24),
@@ -167,6 +172,9 @@ def _ipv6(exp: dict[str, Any], frame: bytes, off: int) -> None:
         elif nh in (0, 43, 60):
             hdr_len = (frame[pos + 1] + 1) * 8
             nh, pos, layer = frame[pos], pos + hdr_len, layer.payload
+            exp["ip_proto"] = nh
+        elif nh == 51:  # AH: length in 4-byte units, minus 2
+            nh, pos = frame[pos], pos + (frame[pos + 1] + 2) * 4
             exp["ip_proto"] = nh
         else:
             _l4(exp, frame[pos:end], nh)
