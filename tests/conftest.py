@@ -140,9 +140,15 @@ class AgentProcess:
 
 
 def summary_of(stderr: str) -> dict[str, Any]:
+    """The agent's exit summary; every drop in it must be a registered, named reason."""
+    from producer.telemetry.counters import DROP_REASONS
+
     for line in reversed(stderr.splitlines()):
         if line.startswith('{"summary"'):
-            return dict(json.loads(line)["summary"])
+            summary = dict(json.loads(line)["summary"])
+            unnamed = {k for k in summary["agent"] if k.startswith("dropped") and k not in DROP_REASONS}
+            assert not unnamed, f"drop counters missing from DROP_REASONS: {unnamed}"
+            return summary
     raise AssertionError(f"no summary line in agent stderr:\n{stderr}")
 
 

@@ -26,10 +26,6 @@ def is_pattern(name: str) -> bool:
     return any(c in name for c in "*?[")
 
 
-def matches(name: str, specs: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, s) if is_pattern(s) else name == s for s in specs)
-
-
 def resolve(specs: Iterable[str]) -> dict[str, int]:
     """name -> ifindex of every link named or matched now; a missing plain name is an error."""
     with IPRoute() as ipr:

@@ -41,7 +41,6 @@ class ConsumeOptions:
 @dataclass
 class ConsumeReport:
     records: int = 0
-    undecodable: int = 0
 
 
 def consume(opts: ConsumeOptions, out: TextIO, *,
@@ -83,7 +82,6 @@ def consume(opts: ConsumeOptions, out: TextIO, *,
             try:
                 record = deserializer(msg.value(), SerializationContext(opts.topic, MessageField.VALUE))
             except Exception as exc:  # the deserializer raises several library types
-                report.undecodable += 1
                 raise SerializationError(
                     f"message at {msg.topic()}[{msg.partition()}]@{msg.offset()} "
                     f"cannot be decoded: {exc}") from exc

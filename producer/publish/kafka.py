@@ -59,15 +59,10 @@ class KafkaPublisher:
         self._counters = counters
         self._conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, **DEFAULTS}
         self._conf.update(properties or {})
-        self._last_error: str | None = None
         try:
             self._producer = Producer(self._conf, logger=log)
         except KafkaException as exc:
             raise BrokerError(f"invalid Kafka settings: {_first_line(exc)}") from exc
-
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
 
     def _admin_conf(self) -> dict[str, Any]:
         keep = ("bootstrap.servers", "security.protocol", "ssl.", "sasl.", "client.id")
@@ -107,7 +102,6 @@ class KafkaPublisher:
             self._counters.add("delivered")
             return
         self._counters.add("dropped_delivery_failed")
-        self._last_error = err.str()
         log.error("delivery failed: %s", err.str())
 
     def publish(self, key: bytes, value: bytes, give_up: Callable[[], bool] = lambda: False) -> bool:
