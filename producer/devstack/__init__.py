@@ -1,5 +1,11 @@
-"""The local Kafka + schema registry used by ``hdrlog stack``, ``make run`` and the tests."""
+"""The local Kafka + schema registry used by ``hdrlog stack``, ``make run`` and the tests.
 
-from producer.devstack.stack import LocalStack, StackSettings, StackStatus, run_stack_command
+``stack`` is the entry point; ``fetch`` (Maven), ``kafka``, ``registry``,
+``jvm`` and ``procs`` (detached processes, port owners) are its parts.
+"""
 
-__all__ = ["LocalStack", "StackSettings", "StackStatus", "run_stack_command"]
+from __future__ import annotations
+
+from producer.devstack.stack import ComponentStatus, LocalStack, StackSettings, StackStatus, run_stack_command
+
+__all__ = ["ComponentStatus", "LocalStack", "StackSettings", "StackStatus", "run_stack_command"]

@@ -1,97 +1,93 @@
-"""The local development stack: single-node Kafka (KRaft) + Apicurio Registry.
+"""The local development stack: a single-node Kafka (KRaft) and Apicurio Registry.
 
-Both run as detached local processes bound to 127.0.0.1, fetched from Maven
-Central with Maven (its cache stays in ~/.m2), with state, pid files and logs
-under ``<cache_dir>/stack``.  The registry stores its schemas in Kafka
-(``kafkasql``), so a restart keeps schemas and topic data alike.  Used by
-``hdrlog stack``, ``make run`` and the test suite's session fixture.
+Both run as detached local processes bound to 127.0.0.1, fetched once from
+Maven Central (Maven's own cache stays in ~/.m2), with their state, pid files
+and logs under ``<cache_dir>/stack``.  The registry stores its schemas in Kafka
+(``kafkasql``), so a restart keeps schemas, their ids and topic data alike.
+Used by ``hdrlog stack up|down|status|restart``, ``make run`` and the test
+suite's session fixture.
+
+Every operation is idempotent: ``up`` reuses what is already running (checked
+by pid *and* command line, so a reused pid is not mistaken for ours), and
+``up``/``down`` take a file lock so two callers (a test session and a shell)
+do not both start a service.
 """
 
 from __future__ import annotations
 
-import base64
-import glob
-import json
-import logging
+import fcntl
 import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer.errors import StackError
+from producer.devstack import jvm, kafka, registry
+from producer.devstack.fetch import Fetcher
+from producer.devstack.procs import POLL_S, Daemon, alive, port_holder
+from producer.errors import ConfigError, StackError
 
-_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>io.hdrlog</groupId><artifactId>devstack-kafka</artifactId><version>0</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
-      <version>{kafka}</version></dependency>
-    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId>
-      <version>{kafka}</version></dependency>
-    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
-      <version>2.24.3</version></dependency>
-  </dependencies>
-</project>
-"""
-
-_LOG4J2 = """status = warn
-appender.file.type = File
-appender.file.name = file
-appender.file.fileName = {log}
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.file.ref = file
-"""
+COMPATIBILITY_LEVELS = frozenset({"NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE",
+                                  "FULL", "FULL_TRANSITIVE"})
+ACTIONS = ("up", "down", "status", "restart")
+EXIT_NOT_RUNNING = 3  # as LSB init scripts answer `status` for a stopped service
 
 
-def _default_progress(line: str) -> None:
+def _to_stderr(line: str) -> None:
     print(f"stack: {line}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True, slots=True)
 class StackSettings:
-    """Where the stack lives and which ports it binds (all on 127.0.0.1)."""
+    """Where the stack keeps its files and which ports it binds (all on 127.0.0.1)."""
 
-    cache_dir: Path  # env HDRLOG_CACHE_DIR, default ~/.cache/hdrlog
-    kafka_port: int = 9092  # env HDRLOG_STACK_KAFKA_PORT
-    controller_port: int = 9093  # env HDRLOG_STACK_CONTROLLER_PORT
-    registry_port: int = 8081  # env HDRLOG_STACK_REGISTRY_PORT
-    registry_management_port: int = 9011  # env HDRLOG_STACK_REGISTRY_MANAGEMENT_PORT
+    cache_dir: Path  # env HDRLOG_CACHE_DIR, default ~/.cache/hdrlog; the stack lives in <cache_dir>/stack
+    kafka_port: int = 9092  # env HDRLOG_STACK_KAFKA_PORT: clients' bootstrap port
+    controller_port: int = 9093  # env HDRLOG_STACK_CONTROLLER_PORT: KRaft controller listener
+    registry_port: int = 8081  # env HDRLOG_STACK_REGISTRY_PORT: registry HTTP API
+    # env HDRLOG_STACK_REGISTRY_MANAGEMENT_PORT: registry health/metrics; Quarkus's 9000 is a popular port
+    registry_management_port: int = 9011
     kafka_version: str = "4.1.1"
     apicurio_version: str = "3.3.3"
-    compatibility: str = "BACKWARD"
+    compatibility: str = "BACKWARD"  # the registry's global compatibility rule
+    java21: Path | None = None  # env HDRLOG_JAVA21: java for the registry; default: found under /usr/lib/jvm
+
+    def __post_init__(self) -> None:
+        ports = {"kafka_port": self.kafka_port, "controller_port": self.controller_port,
+                 "registry_port": self.registry_port, "registry_management_port": self.registry_management_port}
+        for name, port in ports.items():
+            if not 0 < port < 65536:
+                raise ConfigError(f"stack setting {name}: {port} is not a TCP port")
+        if len(set(ports.values())) != len(ports):
+            raise ConfigError(f"stack settings: the four ports must differ, got {ports}")
+        if self.compatibility not in COMPATIBILITY_LEVELS:
+            raise ConfigError(f"stack setting compatibility: {self.compatibility!r} is not one of "
+                              f"{', '.join(sorted(COMPATIBILITY_LEVELS))}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackSettings:
+        """Settings from the environment (``os.environ`` unless ``env`` is given); unset means default."""
         env = os.environ if env is None else env
-        cache = Path(env.get("HDRLOG_CACHE_DIR") or Path.home() / ".cache" / "hdrlog")
 
         def port(var: str, default: int) -> int:
-            text = env.get(var)
-            if text is None:
+            text = env.get(var, "").strip()
+            if not text:
                 return default
             if not text.isdigit() or not 0 < int(text) < 65536:
-                raise StackError(f"invalid value for {var}: {text!r} (expected a port number)")
+                raise ConfigError(f"{var}: {text!r} is not a TCP port number")
             return int(text)
 
+        cache = env.get("HDRLOG_CACHE_DIR", "").strip()
+        java21 = env.get("HDRLOG_JAVA21", "").strip()
         return cls(
-            cache_dir=cache,
+            cache_dir=Path(cache).expanduser() if cache else Path.home() / ".cache" / "hdrlog",
             kafka_port=port("HDRLOG_STACK_KAFKA_PORT", 9092),
             controller_port=port("HDRLOG_STACK_CONTROLLER_PORT", 9093),
             registry_port=port("HDRLOG_STACK_REGISTRY_PORT", 8081),
             registry_management_port=port("HDRLOG_STACK_REGISTRY_MANAGEMENT_PORT", 9011),
+            java21=Path(java21).expanduser() if java21 else None,
         )
 
     @property
@@ -100,7 +96,12 @@ class StackSettings:
 
     @property
     def registry_url(self) -> str:
+        """The Confluent-compatible API, what confluent-kafka's SchemaRegistryClient expects."""
         return f"http://127.0.0.1:{self.registry_port}/apis/ccompat/v7"
+
+    @property
+    def registry_management_url(self) -> str:
+        return f"http://127.0.0.1:{self.registry_management_port}"
 
     @property
     def root(self) -> Path:
@@ -109,8 +110,11 @@ class StackSettings:
 
 @dataclass(frozen=True, slots=True)
 class ComponentStatus:
+    """One service as ``status`` sees it: running means our process is alive (not that it answers)."""
+
     name: str
     pid: int | None
+    address: str
     log: Path
 
     @property
@@ -120,6 +124,8 @@ class ComponentStatus:
 
 @dataclass(frozen=True, slots=True)
 class StackStatus:
+    """What ``hdrlog stack status`` prints."""
+
     kafka: ComponentStatus
     registry: ComponentStatus
     bootstrap_servers: str
@@ -133,300 +139,215 @@ class StackStatus:
         lines = []
         for c in (self.kafka, self.registry):
             state = f"running (pid {c.pid})" if c.running else "stopped"
-            lines.append(f"{c.name:<9} {state:<22} log {c.log}")
-        lines.append(f"bootstrap servers  {self.bootstrap_servers}")
-        lines.append(f"schema registry    {self.registry_url}")
+            lines.append(f"{c.name:<9} {state:<20} {c.address:<24} log {c.log}")
+        lines.append(f"bootstrap servers: {self.bootstrap_servers}")
+        lines.append(f"schema registry:   {self.registry_url}")
         return "\n".join(lines)
 
 
-def _java21() -> str:
-    """A Java 21+ binary: $HDRLOG_JAVA21, else the newest /usr/lib/jvm/temurin-*."""
-    override = os.environ.get("HDRLOG_JAVA21")
-    if override:
-        return override
-    found = []
-    for home in glob.glob("/usr/lib/jvm/temurin-*"):
-        m = re.match(r"temurin-(\d+)", Path(home).name)
-        if m and int(m.group(1)) >= 21 and Path(home, "bin", "java").exists():
-            found.append((int(m.group(1)), str(Path(home, "bin", "java"))))
-    if not found:
-        raise StackError("the schema registry needs Java 21 or later: install a Temurin JDK under "
-                         "/usr/lib/jvm or set HDRLOG_JAVA21 to a java binary")
-    return max(found)[1]
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Every path under ``<cache_dir>/stack``."""
 
+    root: Path
+    kafka_libs: Path
+    kafka_data: Path
+    kafka_properties: Path
+    kafka_log4j2: Path
+    apicurio: Path
+    lock: Path
 
-def _running(pidfile: Path) -> bool:
-    """The process in ``pidfile`` exists and is not a zombie (a just-started one counts)."""
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+    @classmethod
+    def of(cls, s: StackSettings) -> _Layout:
+        # Absolute: the services run with the stack directory as their cwd, and the paths
+        # in their command lines are how a later `status` recognises them.
+        root = s.root.absolute()
+        return cls(root=root, kafka_libs=root / f"kafka-{s.kafka_version}-libs", kafka_data=root / "kafka-data",
+                   kafka_properties=root / "kafka.properties", kafka_log4j2=root / "kafka-log4j2.properties",
+                   apicurio=root / f"apicurio-{s.apicurio_version}", lock=root / "lock")
 
 
 class LocalStack:
-    """Start, stop and inspect the local Kafka and registry processes."""
+    """Start, stop and inspect the local Kafka and registry processes.
 
-    def __init__(self, settings: StackSettings, *,
-                 progress: Callable[[str], None] = _default_progress) -> None:
+    ``up`` and ``down`` block until the services answer or are gone, within their
+    deadlines, and raise StackError with a one-line reason otherwise.
+    """
+
+    def __init__(self, settings: StackSettings, *, progress: Callable[[str], None] = _to_stderr) -> None:
         self.settings = settings
         self._say = progress
-        root = settings.root
-        self._libs = root / f"kafka-{settings.kafka_version}-libs"
-        self._apicurio = root / f"apicurio-{settings.apicurio_version}"
-        self._kafka_pid = root / "kafka.pid"
-        self._registry_pid = root / "registry.pid"
+        self._paths = _Layout.of(settings)
+        root = self._paths.root
+        # The JVM's own stdout/stderr (a crash before logging starts) goes to kafka.out; log4j2 writes kafka.log.
+        self._kafka = Daemon("Kafka", root / "kafka.pid", root / "kafka.out",
+                             (kafka.MAIN_CLASS, str(self._paths.kafka_properties)))
+        self._registry = Daemon("the schema registry", root / "registry.pid", root / "registry.log",
+                                (f"-Dhdrlog.stack={root}",))
         self._kafka_log = root / "kafka.log"
-        self._registry_log = root / "registry.log"
 
-    # -- status --------------------------------------------------------------
-
-    def _alive(self, pidfile: Path, marker: str) -> int | None:
-        """The pid in ``pidfile`` if that process is alive and is ours (not a reused pid)."""
-        try:
-            pid = int(pidfile.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError):
-            return None
-        return pid if marker in cmdline and str(self.settings.root) in cmdline else None
+    # -- inspection ----------------------------------------------------------------
 
     def status(self) -> StackStatus:
         s = self.settings
         return StackStatus(
-            ComponentStatus("kafka", self._alive(self._kafka_pid, "kafka.Kafka"), self._kafka_log),
-            ComponentStatus("registry", self._alive(self._registry_pid, "quarkus-run.jar"),
-                            self._registry_log),
-            s.bootstrap_servers, s.registry_url)
+            kafka=ComponentStatus("kafka", self._kafka.pid(), s.bootstrap_servers, self._kafka_log),
+            registry=ComponentStatus("registry", self._registry.pid(), f"127.0.0.1:{s.registry_port}",
+                                     self._registry.log),
+            bootstrap_servers=s.bootstrap_servers, registry_url=s.registry_url)
 
-    # -- fetch ---------------------------------------------------------------
-
-    def _mvn(self, args: list[str], cwd: Path, what: str) -> None:
-        if shutil.which("mvn") is None:
-            raise StackError("Maven (mvn) is not installed: run scripts/setup.sh")
-        log = self.settings.root / "maven.log"
-        with log.open("a") as out:
-            res = subprocess.run(["mvn", "-B", "-q", *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                 check=False)
-        if res.returncode != 0:
-            raise StackError(f"fetching {what} from Maven Central failed (see {log})")
-
-    def fetch(self) -> None:
-        s = self.settings
-        s.root.mkdir(parents=True, exist_ok=True)
-        if not (self._libs / ".complete").exists():
-            self._say(f"fetching Kafka {s.kafka_version} from Maven Central")
-            (s.root / "pom.xml").write_text(_POM.format(kafka=s.kafka_version))
-            shutil.rmtree(self._libs, ignore_errors=True)
-            self._mvn(["dependency:copy-dependencies", f"-DoutputDirectory={self._libs}",
-                       "-DincludeScope=runtime"], s.root, f"Kafka {s.kafka_version}")
-            (self._libs / ".complete").touch()
-        if not (self._apicurio / ".complete").exists():
-            self._say(f"fetching Apicurio Registry {s.apicurio_version} from Maven Central")
-            dl = s.root / "download"
-            self._mvn(["dependency:copy",
-                       f"-Dartifact=io.apicurio:apicurio-registry-app:{s.apicurio_version}:tar.gz:all",
-                       f"-DoutputDirectory={dl}"], s.root, f"Apicurio Registry {s.apicurio_version}")
-            archive = dl / f"apicurio-registry-app-{s.apicurio_version}-all.tar.gz"
-            shutil.rmtree(self._apicurio, ignore_errors=True)
-            self._apicurio.mkdir(parents=True)
-            res = subprocess.run(["tar", "-xzf", str(archive), "-C", str(self._apicurio), "--no-same-owner"],
-                                 capture_output=True, text=True, check=False)
-            if res.returncode != 0:
-                raise StackError(f"unpacking {archive.name} failed: {res.stderr.strip()[:200]}")
-            archive.unlink()
-            (self._apicurio / ".complete").touch()
-
-    def _run_jar(self) -> Path:
-        for cand in (self._apicurio / "quarkus-run.jar", self._apicurio / "quarkus-app" / "quarkus-run.jar"):
-            if cand.exists():
-                return cand
-        raise StackError(f"quarkus-run.jar not found under {self._apicurio}")
-
-    # -- start ---------------------------------------------------------------
-
-    def _spawn(self, argv: list[str], log: Path, pidfile: Path, env: Mapping[str, str] | None = None,
-               cwd: Path | None = None) -> int:
-        """Start ``argv`` as a daemon (its own session, re-parented to init); returns its pid."""
-        pidfile.unlink(missing_ok=True)
-        with log.open("ab") as out:
-            subprocess.run(["setsid", "-f", "sh", "-c", 'echo $$ > "$0"; exec "$@"', str(pidfile), *argv],
-                           stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                           env={**os.environ, **(env or {})}, cwd=cwd, check=True)
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            text = pidfile.read_text().strip() if pidfile.exists() else ""
-            if text.isdigit():
-                return int(text)
-            time.sleep(0.02)
-        raise StackError(f"{argv[0]} did not start (see {log})")
-
-    def _check_free(self, port: int, what: str) -> None:
-        if _port_in_use(port):
-            raise StackError(f"port {port} ({what}) is already in use by another process")
-
-    def _start_kafka(self) -> None:
-        s = self.settings
-        root = s.root
-        data = root / "kafka-data"
-        props = root / "kafka.properties"
-        props.write_text("\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            f"controller.quorum.voters=1@127.0.0.1:{s.controller_port}",
-            f"log.dirs={data}",
-            "num.partitions=1",
-            "offsets.topic.replication.factor=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "min.insync.replicas=1",
-            "group.initial.rebalance.delay.ms=0",
-            "",
-        ]))
-        log4j = root / "kafka-log4j2.properties"
-        log4j.write_text(_LOG4J2.format(log=self._kafka_log))
-        java = ["java", "-Xms256m", "-Xmx512m", f"-Dlog4j2.configurationFile={log4j}",
-                "-cp", f"{self._libs}/*"]
-        if not (data / "meta.properties").exists():
-            cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            res = subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props)],
-                                 capture_output=True, text=True, check=False)
-            if res.returncode != 0:
-                raise StackError(f"formatting Kafka storage failed: {res.stdout.strip()[-300:]}"
-                                 f"{res.stderr.strip()[-300:]}")
-        self._check_free(s.kafka_port, "Kafka")
-        self._check_free(s.controller_port, "Kafka controller")
-        self._spawn([*java, "kafka.Kafka", str(props)], root / "kafka.out", self._kafka_pid)
-
-    def _start_registry(self) -> None:
-        s = self.settings
-        self._check_free(s.registry_port, "schema registry")
-        self._check_free(s.registry_management_port, "schema registry management")
-        env = {
-            "APICURIO_STORAGE_KIND": "kafkasql",
-            "APICURIO_KAFKASQL_BOOTSTRAP_SERVERS": s.bootstrap_servers,
-            "QUARKUS_HTTP_HOST": "127.0.0.1",
-            "QUARKUS_HTTP_PORT": str(s.registry_port),
-            "QUARKUS_MANAGEMENT_HOST": "127.0.0.1",
-            "QUARKUS_MANAGEMENT_PORT": str(s.registry_management_port),
-        }
-        jar = self._run_jar()
-        self._spawn([_java21(), "-Xms128m", "-Xmx512m", f"-Dhdrlog.stack={s.root}", "-jar", str(jar)],
-                    self._registry_log, self._registry_pid, env=env, cwd=jar.parent)
-
-    # -- readiness -----------------------------------------------------------
-
-    def _wait(self, ready: Callable[[], bool], alive: Callable[[], bool], what: str, log: Path,
-              deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if ready():
-                return
-            if not alive():
-                raise StackError(f"{what} exited during start-up (see {log})")
-            time.sleep(0.25)
-        raise StackError(f"{what} did not become ready in time (see {log})")
-
-    def _kafka_ready(self) -> bool:
-        from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient
-
-        if not _port_in_use(self.settings.kafka_port):
-            return False
-        quiet = logging.getLogger("producer.devstack.probe")
-        quiet.addHandler(logging.NullHandler())
-        quiet.propagate = False
-        try:
-            admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers}, logger=quiet)
-            admin.list_topics(timeout=1.0)
-            return True
-        except KafkaException:
-            return False
-
-    def _http(self, method: str, path: str, body: dict[str, str] | None = None) -> tuple[int, str]:
-        req = urllib.request.Request(
-            f"{self.settings.registry_url}{path}", method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
-        try:
-            with urllib.request.urlopen(req, timeout=2) as resp:
-                return int(resp.status), resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read().decode(errors="replace")
-        except (urllib.error.URLError, OSError):
-            return 0, ""
-
-    def _registry_ready(self) -> bool:
-        return self._http("GET", "/subjects")[0] == 200
-
-    def _set_compatibility(self) -> None:
-        level = self.settings.compatibility
-        code, text = self._http("PUT", "/config", {"compatibility": level})
-        if code != 200:
-            raise StackError(f"setting the registry's compatibility to {level} failed: HTTP {code} {text[:200]}")
-        code, text = self._http("GET", "/config")
-        if code != 200 or json.loads(text).get("compatibilityLevel") != level:
-            raise StackError(f"the registry's compatibility is not {level}: {text[:200]}")
-
-    # -- public --------------------------------------------------------------
+    # -- up ------------------------------------------------------------------------
 
     def up(self, timeout: float = 300.0) -> StackStatus:
-        """Fetch, format once, start what is not running, wait until both answer."""
-        deadline = time.monotonic() + timeout
-        self.fetch()
-        st = self.status()
-        if not st.kafka.running:
-            self._say(f"starting Kafka on {self.settings.bootstrap_servers}")
-            self._start_kafka()
-        self._wait(self._kafka_ready, lambda: _running(self._kafka_pid), "Kafka", self._kafka_log, deadline)
-        if not st.registry.running:
-            self._say(f"starting the schema registry on {self.settings.registry_url}")
-            self._start_registry()
-        self._wait(self._registry_ready, lambda: _running(self._registry_pid), "the schema registry",
-                   self._registry_log, deadline)
-        self._set_compatibility()
-        return self.status()
+        """Fetch (once), format (once), start what is not running, and wait until both answer.
 
-    def _stop(self, pid: int | None, pidfile: Path, timeout: float) -> None:
-        if pid is None:
-            pidfile.unlink(missing_ok=True)
-            return
-        os.kill(pid, signal.SIGTERM)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and Path(f"/proc/{pid}").exists():
-            time.sleep(0.1)
-        if Path(f"/proc/{pid}").exists():
-            os.kill(pid, signal.SIGKILL)
-        pidfile.unlink(missing_ok=True)
+        ``timeout`` bounds starting and waiting; the one-time download is not
+        counted, since a slow mirror is not a failed start.  The registry's
+        global compatibility is (re)set to ``settings.compatibility`` every time.
+        """
+        with self._locked(time.monotonic() + timeout):
+            before = self.status()
+            kafka_java, registry_java = self._preflight(before)
+            fetcher = Fetcher(self._paths.root, self._say)
+            if kafka_java is not None:
+                fetcher.kafka(self.settings.kafka_version, self._paths.kafka_libs)
+            if registry_java is not None:
+                fetcher.apicurio(self.settings.apicurio_version, self._paths.apicurio)
+
+            deadline = time.monotonic() + timeout
+            kafka_pid = before.kafka.pid if kafka_java is None else self._start_kafka(kafka_java)
+            # kafka.out first: it is fresh for each start, and a JVM that dies early only writes there.
+            self._wait(kafka.KafkaProbe(self.settings.bootstrap_servers, self.settings.kafka_port), kafka_pid,
+                       "Kafka", self._kafka_log, (self._kafka.log, self._kafka_log), deadline)
+            client = registry.RegistryClient(api_url=self.settings.registry_url,
+                                             management_url=self.settings.registry_management_url)
+            registry_pid = before.registry.pid if registry_java is None else self._start_registry(registry_java)
+            self._wait(client.ready, registry_pid, "the schema registry", self._registry.log, (self._registry.log,),
+                       deadline)
+            client.set_compatibility(self.settings.compatibility)
+            after = self.status()
+        if not before.running:
+            self._say(f"up: Kafka at {after.bootstrap_servers}, registry at {after.registry_url}")
+        return after
+
+    def _preflight(self, st: StackStatus) -> tuple[Path | None, Path | None]:
+        """Java for each service that must be started, checked with its ports before any download."""
+        s = self.settings
+        wanted: list[tuple[str, int]] = []
+        if not st.kafka.running:
+            wanted += [("Kafka", s.kafka_port), ("the Kafka controller", s.controller_port)]
+        if not st.registry.running:
+            wanted += [("the schema registry", s.registry_port),
+                       ("the schema registry's management interface", s.registry_management_port)]
+        for what, port in wanted:
+            holder = port_holder(port)
+            if holder is not None:
+                raise StackError(f"port {port} (for {what}) is already taken by {holder}; stop it or choose "
+                                 f"another port (HDRLOG_STACK_*_PORT)")
+        kafka_java = None if st.kafka.running else jvm.find_java(17, purpose="Kafka")
+        registry_java = None if st.registry.running else jvm.find_java(
+            21, prefer=s.java21, purpose=f"Apicurio Registry {s.apicurio_version}")
+        return kafka_java, registry_java
+
+    def _start_kafka(self, java: Path) -> int:
+        s, p = self.settings, self._paths
+        p.kafka_properties.write_text(kafka.server_properties(
+            kafka_port=s.kafka_port, controller_port=s.controller_port, data_dir=p.kafka_data))
+        p.kafka_log4j2.write_text(kafka.log4j2_config(self._kafka_log))
+        args = kafka.jvm_args(java, p.kafka_libs, p.kafka_log4j2)
+        if not kafka.is_formatted(p.kafka_data):
+            self._say(f"formatting Kafka storage in {p.kafka_data}")
+            kafka.format_storage(args, p.kafka_properties, p.kafka_data)
+        self._say(f"starting Kafka {s.kafka_version} on {s.bootstrap_servers}")
+        _rotate(self._kafka.log)
+        return self._kafka.start([*args, kafka.MAIN_CLASS, str(p.kafka_properties)], env=os.environ, cwd=p.root)
+
+    def _start_registry(self, java: Path) -> int:
+        s, p = self.settings, self._paths
+        jar = registry.run_jar(p.apicurio)
+        env = {**os.environ, **registry.environment(bootstrap_servers=s.bootstrap_servers,
+                                                    http_port=s.registry_port,
+                                                    management_port=s.registry_management_port)}
+        self._say(f"starting Apicurio Registry {s.apicurio_version} on http://127.0.0.1:{s.registry_port} "
+                  f"(about 25 s)")
+        _rotate(self._registry.log)
+        return self._registry.start(registry.jvm_args(java, jar, tag=str(p.root), compatibility=s.compatibility),
+                                    env=env, cwd=jar.parent)
+
+    def _wait(self, ready: Callable[[], bool], pid: int | None, what: str, log: Path, hints: tuple[Path, ...],
+              deadline: float) -> None:
+        """Poll ``ready`` until it holds; fail early if the process dies, or at the deadline."""
+        while not ready():
+            if pid is None or not alive(pid):
+                raise StackError(f"{what} exited during start-up: {_hint(hints)} (see {log})")
+            if time.monotonic() >= deadline:
+                raise StackError(f"{what} did not become ready in time (see {log})")
+            time.sleep(POLL_S)
+
+    # -- down ----------------------------------------------------------------------
 
     def down(self, timeout: float = 60.0) -> None:
-        """Registry first (it writes to Kafka), then Kafka; SIGKILL after the timeout."""
-        st = self.status()
-        self._stop(st.registry.pid, self._registry_pid, timeout)
-        self._stop(st.kafka.pid, self._kafka_pid, timeout)
+        """Stop the registry (it writes to Kafka), then Kafka: SIGTERM, SIGKILL after ``timeout``."""
+        with self._locked(time.monotonic() + timeout):
+            st = self.status()
+            for daemon, running in ((self._registry, st.registry.running), (self._kafka, st.kafka.running)):
+                if running:
+                    self._say(f"stopping {daemon.name}")
+                daemon.stop(timeout)
 
-    def restart(self) -> StackStatus:
+    def restart(self, timeout: float = 300.0) -> StackStatus:
         self.down()
-        return self.up()
+        return self.up(timeout)
+
+    # -- helpers -------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self, deadline: float) -> Iterator[None]:
+        """One ``up``/``down`` at a time per stack directory (flock: released even if we crash)."""
+        lock = self._paths.lock
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with lock.open("a") as f:
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StackError(f"another stack command is still running (it holds {lock})") from None
+                    time.sleep(POLL_S)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _rotate(log: Path) -> None:
+    """Keep the previous run's output as ``<log>.1``; each start begins a fresh file."""
+    if log.exists() and log.stat().st_size > 0:
+        log.replace(log.with_name(log.name + ".1"))
+
+
+def _hint(logs: tuple[Path, ...]) -> str:
+    """The last line that looks like an error in any of ``logs`` (the most recent output), for a one-line message."""
+    for log in logs:
+        try:
+            with log.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+                tail = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            continue
+        errors = [ln.strip() for ln in tail if any(w in ln for w in ("ERROR", "Exception", "Error:"))]
+        if errors:
+            return errors[-1][:200]
+    return "no error in its log"
 
 
 def run_stack_command(action: str, settings: StackSettings) -> int:
-    """``hdrlog stack up|down|status|restart``: prints the status, returns an exit code."""
+    """``hdrlog stack up|down|status|restart``: print the resulting status and return an exit code.
+
+    0 on success; for ``status``, 3 when either service is stopped.  StackError
+    propagates: the CLI prints it as one line.
+    """
     stack = LocalStack(settings)
     if action == "up":
         status = stack.up()
@@ -438,6 +359,6 @@ def run_stack_command(action: str, settings: StackSettings) -> int:
     elif action == "status":
         status = stack.status()
     else:
-        raise StackError(f"unknown stack action: {action}")
+        raise ConfigError(f"stack action {action!r}: expected one of {', '.join(ACTIONS)}")
     print(status.render())
-    return 0 if action == "down" or status.running else 1
+    return EXIT_NOT_RUNNING if action == "status" and not status.running else 0

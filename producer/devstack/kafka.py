@@ -1,0 +1,131 @@
+"""The single Kafka node: its configuration, one-time storage format, and readiness probe.
+
+One process is both broker and KRaft controller; every internal topic has
+replication factor 1 (there is one node), and nothing listens beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from producer.errors import StackError
+
+MAIN_CLASS = "kafka.Kafka"
+
+# Root at INFO keeps start-up and errors readable; the per-partition chatter of a
+# test suite creating hundreds of topics goes to WARN, and the file rolls at 10 MB.
+_LOG4J2 = """status = warn
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.filePattern = {log}.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 10MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 3
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+{quiet}
+"""
+_QUIET = ("state.change.logger", "org.apache.kafka.controller", "kafka.cluster.Partition",
+          "org.apache.kafka.storage.internals.log", "kafka.log.LogManager",
+          "org.apache.kafka.coordinator.common.runtime")
+
+
+def server_properties(*, kafka_port: int, controller_port: int, data_dir: Path) -> str:
+    listeners = f"PLAINTEXT://127.0.0.1:{kafka_port},CONTROLLER://127.0.0.1:{controller_port}"
+    lines = [
+        "# Written by hdrlog on every start; edits are overwritten.",
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"listeners={listeners}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{kafka_port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+        f"log.dirs={data_dir}",
+        "num.partitions=1",
+        "default.replication.factor=1",
+        "offsets.topic.replication.factor=1",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "min.insync.replicas=1",
+        # Consumers in tests join alone; the 3 s default would only delay them.
+        "group.initial.rebalance.delay.ms=0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def log4j2_config(log: Path) -> str:
+    quiet = "\n".join(f"logger.q{i}.name = {name}\nlogger.q{i}.level = WARN" for i, name in enumerate(_QUIET))
+    return _LOG4J2.format(log=log, quiet=quiet)
+
+
+def jvm_args(java: Path, libs: Path, log4j2: Path) -> list[str]:
+    # 512 MB is plenty for a development node and leaves room on a small machine.
+    return [str(java), "-Xms128m", "-Xmx512m", "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j2}", "-cp", f"{libs}/*"]
+
+
+def is_formatted(data_dir: Path) -> bool:
+    return (data_dir / "meta.properties").exists()
+
+
+def format_storage(jvm: list[str], properties: Path, data_dir: Path) -> None:
+    """Give ``data_dir`` a new cluster id; only when it has none, since re-formatting would orphan the data."""
+    if is_formatted(data_dir):
+        return
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")  # Kafka's Uuid text form
+    try:
+        res = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
+                             capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StackError(f"formatting Kafka storage failed: {exc}") from exc
+    if res.returncode != 0:
+        lines = [ln for ln in (res.stderr + res.stdout).splitlines() if ln.strip()]
+        why = lines[-1][:200] if lines else f"exit status {res.returncode}"
+        raise StackError(f"formatting Kafka storage in {data_dir} failed: {why}")
+
+
+class KafkaProbe:
+    """Answers "does the broker serve metadata yet?"; one admin client for the whole wait.
+
+    The client is only created once the port accepts connections: before that,
+    librdkafka would log every refused connection.
+    """
+
+    def __init__(self, bootstrap_servers: str, port: int) -> None:
+        self._bootstrap = bootstrap_servers
+        self._port = port
+        self._admin: AdminClient | None = None
+        # A private, unregistered logger: librdkafka's connection errors during start-up are
+        # expected and must not reach the user's handlers (nor the root logger's last resort).
+        self._quiet = logging.Logger("hdrlog.devstack.kafka-probe")
+        self._quiet.addHandler(logging.NullHandler())
+
+    def __call__(self) -> bool:
+        if self._admin is None:
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex(("127.0.0.1", self._port)) != 0:
+                    return False
+            self._admin = AdminClient({"bootstrap.servers": self._bootstrap}, logger=self._quiet)
+        try:
+            metadata = self._admin.list_topics(timeout=2.0)
+        except KafkaException:
+            return False
+        return bool(metadata.brokers)
