@@ -1,12 +1,12 @@
 """End to end: records delivered to Kafka per agent CPU-second, and the accounting under overload.
 
-Runs `hdrlog agent` (tc hook, per-record Avro, the local stack) on a veth pair while
+Runs `hdrlog agent` (tc hook, the local stack, --shape batch or record) on a veth pair while
 a UDP flood crosses it for S seconds, stops it with SIGTERM, and reads the agent's CPU
 time (user + system, all threads, librdkafka's included) from wait4().  Prints the
 records delivered per agent CPU-second and the exit summary: under overload the
 ring buffer fills and `ringbuf_reserve_failed` counts what the kernel could not keep.
 Needs root and the local stack (`hdrlog stack up`).
-Usage: .venv/bin/python benchmarks/agent_e2e.py [seconds]
+Usage: .venv/bin/python benchmarks/agent_e2e.py [seconds] [batch|record]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from producer.netns import VethNamespace  # noqa: E402
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
+    shape = sys.argv[2] if len(sys.argv) > 2 else "batch"
+    state = tempfile.mkdtemp(prefix="hdrlog-bench-")
     stack = StackSettings.from_env()
     net = VethNamespace(ns="hlbench2", host_if="hlbe2a", peer_if="hlbe2b",
                         host_ip="10.207.0.1", peer_ip="10.207.0.2")
@@ -38,7 +41,8 @@ def main() -> None:
     agent = subprocess.Popen(
         [sys.executable, "-m", "producer", "--log-format", "json", "agent", "--iface", net.host_if,
          "--bootstrap-servers", stack.bootstrap_servers, "--schema-registry", stack.registry_url,
-         "--topic", f"hdrlog.bench.{uuid.uuid4().hex[:8]}"],
+         "--topic", f"hdrlog.bench.{shape}.{uuid.uuid4().hex[:8]}", "--shape", shape, "--state-dir", state,
+         "--listen", "off"],
         cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         assert agent.stderr is not None

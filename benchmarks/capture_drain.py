@@ -6,7 +6,7 @@ ingress hook) is read three ways, one after the other:
   callback   bcc's open_ring_buffer(): one Python callback per record (the usual way),
              doing no more than copying the record out (so its cost is a lower bound)
   chase      our mmap reader, draining whenever anything is there
-  paced      our mmap reader as the agent runs it (pause 10 ms after a partial drain)
+  paced      the agent's own capture stage (capture/source.py: pause 10 ms after a partial drain)
 
 It reports each reader's CPU time per record and records per CPU-second, the
 records the kernel emitted and the reservation failures, and the ratios.
@@ -18,23 +18,28 @@ from __future__ import annotations
 import ctypes
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from producer import abi  # noqa: E402
 from producer.capture.control import CaptureControl  # noqa: E402
 from producer.capture.program import CaptureProgram, ProgramOptions  # noqa: E402
 from producer.capture.ringbuf import RingBufferReader  # noqa: E402
+from producer.capture.source import KernelSource, Ring  # noqa: E402
 from producer.capture.tc import TcHooks  # noqa: E402
-from producer.config import AgentConfig  # noqa: E402
-from producer.decode import layout  # noqa: E402
+from producer.channel import Cancel, Channel, Closed  # noqa: E402
+from producer.config import CaptureConfig  # noqa: E402
 from producer.netns import VethNamespace  # noqa: E402
+from producer.records import Chunk  # noqa: E402
+from producer.telemetry.events import Telemetry  # noqa: E402
 
 
 def run(mode: str, net: VethNamespace, seconds: float) -> dict[str, float]:
     prog = CaptureProgram(ProgramOptions(4096))
-    CaptureControl(prog.bpf).apply(AgentConfig())
+    CaptureControl(prog.bpf).apply(CaptureConfig())
     tc = TcHooks()
     idx = tc.ifindex(net.host_if)
     tc.attach(idx, "ingress", prog.ingress.fd, "hdrlog_ingress", 7)
@@ -52,19 +57,41 @@ def run(mode: str, net: VethNamespace, seconds: float) -> dict[str, float]:
             while sender.poll() is None:
                 prog.bpf.ring_buffer_poll(50)
             prog.bpf.ring_buffer_consume()
-        else:
-            reader = RingBufferReader(prog.ringbuf_fd, prog.ringbuf_size, layout.RECORD_DTYPE)
+        elif mode == "chase":
+            reader = RingBufferReader(prog.ringbuf_fd, prog.ringbuf_size, abi.RECORD_DTYPE)
             while sender.poll() is None or reader.pending_bytes():
                 reader.wait(0.05)
-                batch = 0
                 while True:
-                    n = len(reader.drain(8192))
-                    batch += n
-                    if n < 8192 and (mode == "paced" or n == 0):
+                    n = len(reader.drain(8192)[0])
+                    got += n
+                    if n == 0:
                         break
-                got += batch
-                if mode == "paced" and 0 < batch < 8192:
-                    time.sleep(0.01)
+        else:
+            reader = RingBufferReader(prog.ringbuf_fd, prog.ringbuf_size, abi.RECORD_DTYPE)
+            chunks: Channel[Chunk] = Channel("capture", 64)
+            detached = threading.Event()
+            source = KernelSource([Ring("bench", reader, lambda: prog.counters()["emitted"])], chunks,
+                                  Telemetry(), Cancel(), detached, 0.05)
+            cpu_box = [0.0]
+
+            def run_source() -> None:
+                start = time.thread_time()
+                source.run()
+                cpu_box[0] = time.thread_time() - start
+
+            th = threading.Thread(target=run_source)
+            th.start()
+            while True:
+                if sender.poll() is not None and not detached.is_set():
+                    detached.set()
+                try:
+                    chunk = chunks.get(0.05)
+                except Closed:
+                    break
+                if chunk is not None:
+                    got += len(chunk)
+            th.join()
+            t0 = time.thread_time() - cpu_box[0]  # report the capture thread's CPU, not this one's
         cpu = time.thread_time() - t0
         sent = int(sender.communicate()[0])
         k = prog.counters()

@@ -125,6 +125,10 @@ static __always_inline void handle(void *ctx, const int xdp, struct hdrlog_recor
 	wake = cfg(HDRLOG_CFG_WAKEUP_RECORDS);
 	if (wake <= 1 || (*emitted + 1) % wake == 0)
 		flags = BPF_RB_FORCE_WAKEUP;
+	/* the record's identity: this CPU's count of records written so far.  A program
+	 * does not migrate and does not nest on one CPU, so the per-CPU counter is ours. */
+	r->cpu = bpf_get_smp_processor_id();
+	r->seq = *emitted;
 	if (events.ringbuf_output(r, sizeof(*r), flags) != 0)
 		count(HDRLOG_C_RB_FAIL);
 	else

@@ -10,7 +10,7 @@
 #include "record.h"
 
 #ifndef HDRLOG_RINGBUF_PAGES
-#define HDRLOG_RINGBUF_PAGES 1024
+#error "HDRLOG_RINGBUF_PAGES must come from cflags (capture.ringbuf_pages, one default: producer/config.py)"
 #endif
 
 /* events: ring buffer of struct hdrlog_record (fixed size), read by

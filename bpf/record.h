@@ -15,7 +15,7 @@
 #ifndef HDRLOG_RECORD_H
 #define HDRLOG_RECORD_H
 
-#define HDRLOG_ABI_VERSION 1
+#define HDRLOG_ABI_VERSION 2
 
 /* direction */
 #define HDRLOG_DIR_INGRESS 0
@@ -99,7 +99,12 @@ struct hdrlog_record {
 	__u8  icmp_type;
 	__u8  icmp_code;
 	__u8  vlan_count;       /* 0..2 */
-	__u8  _pad[6];          /* explicit: sizeof == 112 */
-};
+	__u8  _pad[2];          /* explicit: no hidden padding */
+	/* identity: (capture, cpu, seq) names one record for ever.  The capture is the
+	 * loaded program (user space names it); seq counts the records this CPU wrote
+	 * into the ring buffer, from 0, without gaps (HDRLOG_C_EMITTED before the write). */
+	__u32 cpu;              /* bpf_get_smp_processor_id() */
+	__u64 seq;
+};                              /* sizeof == 120: 128 bytes a ring-buffer slot */
 
 #endif /* HDRLOG_RECORD_H */

@@ -13,15 +13,45 @@ import sys
 import textwrap
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from producer.config import AgentConfig, load_config
+from producer.config import AgentConfig, Setting, load_config, settings
 from producer.errors import ConfigError, HdrlogError
 from producer.telemetry.logs import setup_logging
 
-_D = AgentConfig()
+
+def _flag_help(s: Setting) -> str:
+    text = s.help.replace("`", "")
+    default = s.default()
+    hidden = default in ((), "", None) or isinstance(default, bool) or s.name == "host_id"
+    shown = "" if hidden else f"; default {default:g}" if isinstance(default, float) else f"; default {default}"
+    env = f"; env {s.env}" if s.env else ""
+    return f"{text}{shown}{env}"
+
+
+def _add_setting_flags(p: argparse.ArgumentParser, keys: Sequence[str] | None = None) -> None:
+    """One flag per setting that has one, generated from the config's metadata (producer/config.py)."""
+    for s in settings():
+        if not s.flag or (keys is not None and s.key not in keys):
+            continue
+        kw: dict[str, Any] = {"dest": s.key, "help": _flag_help(s), "default": None}
+        if s.type == "tuple[str, ...]":
+            kw.update(action="append", metavar=s.field.metadata.get("metavar"))
+        elif s.type == "bool":
+            kw.update(action="store_true")
+        else:
+            conv = {"int": int, "float": float, "float | None": float}.get(s.type, str)
+            choices = s.field.metadata.get("choices")
+            kw.update(type=conv, choices=choices,
+                      metavar=None if choices else s.field.metadata.get("metavar") or s.name.upper())
+        p.add_argument(s.flag, **kw)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {s.key: getattr(args, s.key) for s in settings() if s.flag and hasattr(args, s.key)}
 
 
 def _agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,54 +59,26 @@ def _agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "agent",
         help="capture packet headers and publish them to Kafka",
         description=textwrap.fill(
-        "Capture packet header records with eBPF (tc clsact ingress and egress) on "
-        "the given interfaces and publish them to Kafka, Avro-encoded through a schema "
-        "registry (Confluent wire format, key = host id). Every option can also come "
-        "from a TOML file (--config) or an HDRLOG_* environment variable; flags win. "
-        "SIGHUP re-reads the file and environment and applies filters and sampling "
-        "without reloading the program; SIGINT/SIGTERM detach, drain and flush.", 90),
+            "Capture packet header records with eBPF (tc clsact ingress and egress, or XDP) on the given "
+            "interfaces and publish them to Kafka, Avro-encoded through a schema registry (Confluent wire "
+            "format, key = host id), one HeaderBatch per message (--shape batch) or one HeaderRecord per "
+            "message (--shape record). Between the encoder and Kafka a buffer (memory, or disk for outages "
+            "and restarts) holds what is not acknowledged yet. Every setting can also come from a TOML file "
+            "(--config, tables [capture] [batch] [buffer] [kafka] [registry] [telemetry]) or an HDRLOG_* "
+            "environment variable; flags win. SIGHUP re-reads the file and environment and applies filters "
+            "and sampling without reloading the program; SIGINT/SIGTERM detach, drain and flush.", 90),
         epilog="examples:\n"
         "  hdrlog agent --iface eth0 --stdout --duration 10      # a quick look, no Kafka\n"
         "  hdrlog agent --iface eth0 --iface 'veth*' --bootstrap-servers kafka:9092 \\\n"
         "      --schema-registry http://registry:8081/apis/ccompat/v7 --exclude-cidr 10.0.0.0/8\n"
-        "  hdrlog agent --config /etc/hdrlog/agent.toml --print-config",
+        "  hdrlog agent --iface eth0 --buffer disk --state-dir /var/lib/hdrlog   # survive outages, restarts\n"
+        "  hdrlog agent --config /etc/hdrlog/agent.toml --print-config\n"
+        "\nThe local HTTP server (--listen, default 127.0.0.1:9464) serves /metrics and /api/v1/status;\n"
+        "`hdrlog status` reads the latter.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, help="TOML file with agent settings (keys as below, "
-                   "plus [kafka] and [registry] tables passed to the clients)")
-    p.add_argument("--iface", action="append", dest="interfaces", metavar="IFACE",
-                   help="interface to capture, or a glob pattern that also catches links appearing "
-                   "later; repeat for several (env HDRLOG_IFACE, comma-separated)")
-    p.add_argument("--bootstrap-servers", help=f"Kafka bootstrap servers (default {_D.bootstrap_servers})")
-    p.add_argument("--schema-registry", help=f"registry URL (default {_D.schema_registry})")
-    p.add_argument("--topic", help=f"topic (default {_D.topic}); schema subject <topic>-value")
-    p.add_argument("--host-id", help="this host's id, the message key (default: the hostname)")
-    p.add_argument("--partitions", type=int, help=f"partitions if the agent creates the topic "
-                   f"(default {_D.partitions})")
-    p.add_argument("--duration", type=float, dest="duration_s", metavar="S",
-                   help="stop after S seconds (default: run until SIGINT/SIGTERM)")
-    p.add_argument("--stdout", action="store_true", default=None,
-                   help="print records as JSON lines instead of publishing (no Kafka needed)")
-    p.add_argument("--sample-rate", type=int, metavar="N", help="record 1 packet in N (default 1)")
-    p.add_argument("--ringbuf-pages", type=int, metavar="N",
-                   help=f"ring buffer size in pages, a power of two (default {_D.ringbuf_pages})")
-    p.add_argument("--connect-timeout", type=float, dest="connect_timeout_s", metavar="S",
-                   help=f"retry broker/registry at start for S seconds (default {_D.connect_timeout_s:g})")
-    p.add_argument("--hook", choices=["tc", "xdp"],
-                   help="tc: clsact ingress and egress (default); xdp: ingress only, for high rates")
-    p.add_argument("--xdp-mode", choices=["auto", "native", "generic"],
-                   help="with --hook xdp: driver (native) or generic mode; auto tries native first")
-    p.add_argument("--include-cidr", action="append", dest="include_cidrs", metavar="CIDR",
-                   help="record only IP packets to or from CIDR (repeatable; the longest matching "
-                   "prefix of include/exclude rules decides)")
-    p.add_argument("--exclude-cidr", action="append", dest="exclude_cidrs", metavar="CIDR",
-                   help="never record IP packets to or from CIDR (repeatable)")
-    p.add_argument("--protocol", action="append", dest="protocols", metavar="PROTO",
-                   help="record only this IP protocol: tcp, udp, icmp, icmpv6, sctp or a number")
-    p.add_argument("--port", action="append", dest="ports", metavar="N[-M]",
-                   help="record only packets whose source or destination port is listed")
-    p.add_argument("--drop-non-ip", action="store_true", default=None,
-                   help="do not record frames that are not IPv4/IPv6 (ARP, LLDP, ...)")
+    p.add_argument("--config", type=Path, help="TOML file with agent settings (see the README's table)")
+    _add_setting_flags(p)
     p.add_argument("--print-config", action="store_true",
                    help="print the effective configuration (secrets masked) and exit")
 
@@ -84,12 +86,12 @@ def _agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _consume_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "consume", help="print header records from a topic as JSON lines",
-        description="Read header records with a consumer group, decode them through the "
-        "schema registry and print one JSON object per record. Offsets are committed "
-        "after each record is written.")
-    p.add_argument("--topic", default=_D.topic)
-    p.add_argument("--bootstrap-servers", default=_D.bootstrap_servers)
-    p.add_argument("--schema-registry", default=_D.schema_registry)
+        description="Read header records with a consumer group, decode them through the schema registry "
+        "(both message shapes: a HeaderBatch is expanded into its records) and print one JSON object per "
+        "record. Offsets are committed after each message's records are written. Takes the agent's "
+        "[kafka] and [registry] settings from --config (TLS, SASL), the environment and these flags.")
+    p.add_argument("--config", type=Path, help="TOML file; its [kafka] and [registry] tables are used")
+    _add_setting_flags(p, ("kafka.topic", "kafka.bootstrap_servers", "registry.url"))
     p.add_argument("--group", default=None, help="consumer group (default: a new one per run)")
     p.add_argument("--from-beginning", action="store_true",
                    help="start at the earliest offset when the group has none committed")
@@ -98,6 +100,30 @@ def _consume_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="stop when no record arrived for S seconds")
     p.add_argument("--format", choices=["json", "text"], default="json",
                    help="json: one object per record (default); text: one readable line per record")
+
+
+def _schemas_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "schemas", help="check or register the agent's Avro schemas in the registry",
+        description="The agent writes the header topic (HeaderBatch or HeaderRecord, by --shape) and the "
+        "stats topic (AgentStats); subjects follow TopicNameStrategy (<topic>-value). `check` tests each "
+        "local schema against the subject's latest version under the registry's compatibility rules and "
+        "exits 1, with the registry's reason, if any is refused; `register` registers them (for "
+        "registries where agents run with registry.auto_register = false).")
+    p.add_argument("action", choices=["check", "register"])
+    p.add_argument("--config", type=Path, help="TOML file with agent settings")
+    _add_setting_flags(p, ("kafka.topic", "kafka.shape", "registry.url"))
+
+
+def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "status", help="what a running agent is doing (its /api/v1/status, for a person)",
+        description="Ask a running agent's local HTTP server for /api/v1/status and print it: interfaces, "
+        "counters and rates, the buffer, the delivery state (ok, retrying, outage) and the last error. "
+        "Exits 1 if the agent does not answer.")
+    p.add_argument("--url", default=None, help="the agent's server (default: http://<telemetry.listen>, "
+                   "127.0.0.1:9464; env HDRLOG_LISTEN)")
+    p.add_argument("--json", action="store_true", help="print the JSON as the agent serves it")
 
 
 def _stack_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -134,40 +160,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _agent_parser(sub)
     _consume_parser(sub)
+    _schemas_parser(sub)
+    _status_parser(sub)
     _stack_parser(sub)
     _demo_parser(sub)
     return parser
 
 
-def _stop_on_signals(running: threading.Event | None = None) -> threading.Event:
-    """SIGINT/SIGTERM set the returned event once ``running`` is set; before that (start-up:
-    retrying the broker, compiling, attaching) they interrupt at once, and the start-up's
-    ``finally`` blocks undo what was done."""
-    stop = threading.Event()
+def _stop_on_signals(stop: threading.Event, running: Callable[[], bool]) -> None:
+    """SIGINT/SIGTERM set ``stop`` once ``running()``; before that (start-up: retrying the
+    broker, compiling, attaching) they interrupt at once, and the start-up's clean-up
+    (ExitStack, ``finally``) undoes what was done."""
 
     def handler(_sig: int, _frame: FrameType | None) -> None:
-        if running is not None and not running.is_set():
+        if not running():
             raise KeyboardInterrupt
         stop.set()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-    return stop
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
     import os
 
-    from producer.pipeline import Agent
+    from producer.agent import Agent
+    from producer.pipeline import build
 
-    overrides = {k: getattr(args, k) for k in (
-        "interfaces", "bootstrap_servers", "schema_registry", "topic", "host_id", "partitions",
-        "duration_s", "stdout", "sample_rate", "ringbuf_pages", "connect_timeout_s",
-        "include_cidrs", "exclude_cidrs", "protocols", "ports", "drop_non_ip", "hook", "xdp_mode")}
+    overrides = _overrides(args)
     cfg = load_config(args.config, os.environ, overrides)
     if args.print_config:
         print(json.dumps(cfg.masked(), indent=2))
         return 0
+
     def reload_config() -> AgentConfig:
         return load_config(args.config, os.environ, overrides)
 
@@ -176,8 +201,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
         def status(line: str) -> None:
             sys.stderr.write("\r\x1b[2K" + line)
             sys.stderr.flush()
-    agent = Agent(cfg, status=status, reload_config=reload_config)
-    stop = _stop_on_signals(running=agent.ready)
+    stop = threading.Event()
+    built: list[Agent] = []
+    _stop_on_signals(stop, running=lambda: bool(built) and built[0].ready.is_set())
+    agent = build(cfg, status_line=status, reload_config=reload_config, on_stdout_closed=stop.set)
+    built.append(agent)
     signal.signal(signal.SIGHUP, lambda _s, _f: agent.reload_requested.set())
     report = agent.run(stop)
     if status is not None:
@@ -187,11 +215,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
+    import os
+
     from producer.consumer.console import ConsumeOptions, consume
 
+    cfg = load_config(args.config, os.environ, _overrides(args))
     opts = ConsumeOptions(
-        bootstrap_servers=args.bootstrap_servers, schema_registry=args.schema_registry,
-        topic=args.topic, group=args.group or f"hdrlog-console-{uuid.uuid4().hex[:8]}",
+        bootstrap_servers=cfg.kafka.bootstrap_servers, schema_registry=cfg.registry.url,
+        kafka=cfg.kafka.properties, registry=cfg.registry.properties,
+        topic=cfg.kafka.topic, group=args.group or f"hdrlog-console-{uuid.uuid4().hex[:8]}",
         from_beginning=args.from_beginning, max_records=args.max_records,
         idle_timeout_s=args.idle_timeout, text=args.format == "text")
     _stop_on_signals_for_consumer()
@@ -205,6 +237,58 @@ def _stop_on_signals_for_consumer() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    import os
+
+    from producer.serialize.registry import Registry
+    from producer.serialize.schemas import agent_subjects
+
+    cfg = load_config(args.config, os.environ, _overrides(args))
+    subjects = agent_subjects(cfg.kafka.topic, cfg.kafka.shape, cfg.telemetry.stats_topic)
+    refused = 0
+    with Registry(cfg.registry.url, cfg.registry.properties) as registry:
+        for s in subjects:
+            if args.action == "register":
+                print(f"{s.name}: {s.schema.name} registered, id {registry.register(s.name, s.schema.text)}")
+                continue
+            result = registry.check(s)
+            if not result.exists:
+                print(f"{s.name}: {s.schema.name} not registered yet; it would be version 1")
+            elif result.registered:
+                print(f"{s.name}: {s.schema.name} already registered")
+            elif result.compatible:
+                print(f"{s.name}: {s.schema.name} is compatible; it would be a new version")
+            else:
+                refused += 1
+                print(f"{s.name}: {s.schema.name} refused: {result.reason}")
+    if refused:
+        raise HdrlogError(f"{refused} schema(s) refused by the registry's compatibility rules")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import os
+
+    import httpx2
+
+    from producer.telemetry.status import render
+
+    url = args.url
+    if url is None:
+        listen = load_config(None, os.environ).telemetry.listen
+        if listen == "off":
+            raise ConfigError("telemetry.listen is off: give --url")
+        url = f"http://{listen}"
+    try:
+        r = httpx2.get(url.rstrip("/") + "/api/v1/status", timeout=5)
+        r.raise_for_status()
+        doc = r.json()
+    except (httpx2.HTTPError, ValueError) as exc:
+        raise HdrlogError(f"no agent status at {url}: {exc}") from exc
+    print(json.dumps(doc, indent=2) if args.json else render(doc))
+    return 0
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -224,7 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_format, args.log_level)
-    commands = {"agent": cmd_agent, "consume": cmd_consume, "stack": cmd_stack, "demo": cmd_demo}
+    commands = {"agent": cmd_agent, "consume": cmd_consume, "schemas": cmd_schemas, "status": cmd_status,
+                "stack": cmd_stack, "demo": cmd_demo}
     try:
         return commands[args.command](args)
     except ConfigError as exc:

@@ -1,11 +1,18 @@
-"""The one validated configuration of the agent.
+"""The one validated configuration tree of the agent (and the consumer's Kafka/registry part).
+
+One frozen dataclass per stage (``[capture]``, ``[batch]``, ``[buffer]``,
+``[kafka]``, ``[registry]``, ``[telemetry]``) under ``AgentConfig``.  Each
+field carries, in its metadata, its meaning, its environment variable, its
+command-line flag and whether SIGHUP applies it to a running agent; the CLI
+flags, the README's table (tests/test_docs.py) and the reload logic all read
+that metadata, so none of them is a hand-kept copy.
 
 Precedence, lowest first: each field's default, the TOML file (``--config``),
-environment variables (``HDRLOG_*``, named beside each field), command-line
-flags.  Unknown keys are refused with the key's name; every value is checked
-once here, at start-up, so later stages can trust it.  ``kafka`` and
-``registry`` are passed through to librdkafka and the registry client (TLS,
-SASL, ...); secrets among them are masked by ``masked()``.
+environment variables, command-line flags.  Unknown keys are refused with
+their dotted name; every value is checked once, here, so stages trust what
+they are given.  ``kafka.properties`` and ``registry.properties`` pass
+through to librdkafka and the registry client (TLS, SASL, ...); the secrets
+among them are masked by ``masked()`` and never logged.
 """
 
 from __future__ import annotations
@@ -15,137 +22,43 @@ import ipaddress
 import math
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from producer.errors import ConfigError
 
-_SECRET_HINTS = ("password", "secret", "basic.auth.user.info", "key.pem", "token")
+_SECRET_HINTS = ("password", "secret", "basic.auth.user.info", "key.pem", "token", "credentials")
 
 
-def _meta(env: str | None, help_text: str) -> dict[str, Any]:
-    return {"env": env, "help": help_text}
+def _m(help_text: str, *, env: str | None = None, flag: str | None = None, reload: bool = False,
+       metavar: str | None = None, choices: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Field metadata: meaning, env var, CLI flag, applied by SIGHUP, CLI metavar/choices."""
+    return {"help": help_text, "env": env, "flag": flag, "reload": reload, "metavar": metavar,
+            "choices": choices}
 
 
-@dataclass(frozen=True, slots=True)
-class AgentConfig:
-    """Everything ``hdrlog agent`` needs; see README "Configuration"."""
-
-    interfaces: tuple[str, ...] = field(
-        default=(), metadata=_meta("HDRLOG_IFACE", "interfaces to capture (env: comma-separated)"))
-    bootstrap_servers: str = field(
-        default="127.0.0.1:9092", metadata=_meta("HDRLOG_BOOTSTRAP_SERVERS", "Kafka bootstrap servers"))
-    schema_registry: str = field(
-        default="http://127.0.0.1:8081/apis/ccompat/v7",
-        metadata=_meta("HDRLOG_SCHEMA_REGISTRY", "Confluent-compatible schema registry URL"))
-    topic: str = field(
-        default="hdrlog.headers", metadata=_meta("HDRLOG_TOPIC", "Kafka topic for header records"))
-    host_id: str = field(
-        default_factory=socket.gethostname,
-        metadata=_meta("HDRLOG_HOST_ID", "this host's id: message key and record field"))
-    partitions: int = field(
-        default=6, metadata=_meta("HDRLOG_PARTITIONS", "partitions when the agent creates the topic"))
-    duration_s: float | None = field(
-        default=None, metadata=_meta("HDRLOG_DURATION", "stop after this many seconds (none: run until signalled)"))
-    stdout: bool = field(
-        default=False, metadata=_meta(None, "print records as JSON lines instead of publishing"))
-    ringbuf_pages: int = field(
-        default=4096, metadata=_meta("HDRLOG_RINGBUF_PAGES", "kernel ring buffer size in pages (power of two)"))
-    poll_interval_ms: int = field(
-        default=50, metadata=_meta("HDRLOG_POLL_INTERVAL_MS", "longest wait before draining the ring buffer"))
-    wakeup_records: int = field(
-        default=128, metadata=_meta("HDRLOG_WAKEUP_RECORDS", "records per CPU between kernel wake-ups"))
-    sample_rate: int = field(
-        default=1, metadata=_meta("HDRLOG_SAMPLE_RATE", "record 1 packet in N (1: every packet)"))
-    include_cidrs: tuple[str, ...] = field(
-        default=(), metadata=_meta("HDRLOG_INCLUDE_CIDRS", "record only IP packets to/from these CIDRs"))
-    exclude_cidrs: tuple[str, ...] = field(
-        default=(), metadata=_meta("HDRLOG_EXCLUDE_CIDRS", "never record IP packets to/from these CIDRs"))
-    protocols: tuple[str, ...] = field(
-        default=(), metadata=_meta("HDRLOG_PROTOCOLS", "record only these IP protocols (names or numbers)"))
-    ports: tuple[str, ...] = field(
-        default=(), metadata=_meta("HDRLOG_PORTS", "record only packets with these ports (N or N-M)"))
-    drop_non_ip: bool = field(
-        default=False, metadata=_meta("HDRLOG_DROP_NON_IP", "drop frames that are not IPv4/IPv6"))
-    hook: str = field(
-        default="tc", metadata=_meta("HDRLOG_HOOK", "tc (ingress and egress) or xdp (ingress only)"))
-    xdp_mode: str = field(
-        default="auto", metadata=_meta("HDRLOG_XDP_MODE", "auto (native, else generic), native or generic"))
-    tc_priority: int = field(
-        default=7, metadata=_meta("HDRLOG_TC_PRIORITY", "tc filter priority of the capture programs"))
-    queue_chunks: int = field(
-        default=64, metadata=_meta("HDRLOG_QUEUE_CHUNKS", "drained chunks buffered between capture and publish"))
-    connect_timeout_s: float = field(
-        default=30.0, metadata=_meta("HDRLOG_CONNECT_TIMEOUT", "how long start-up retries the broker and registry"))
-    flush_timeout_s: float = field(
-        default=15.0, metadata=_meta("HDRLOG_FLUSH_TIMEOUT", "deadline for delivering what is queued at exit"))
-    stats_interval_s: float = field(
-        default=60.0, metadata=_meta("HDRLOG_STATS_INTERVAL", "log every counter this often (0: only at exit)"))
-    kafka: Mapping[str, str] = field(
-        default_factory=dict, metadata=_meta(None, "extra librdkafka properties (file only)"))
-    registry: Mapping[str, str] = field(
-        default_factory=dict, metadata=_meta(None, "extra schema registry client properties (file only)"))
-
-    def masked(self) -> dict[str, Any]:
-        """The effective config as a dict, secrets replaced by '***'."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            val = getattr(self, f.name)
-            if isinstance(val, Mapping):
-                val = {k: ("***" if _is_secret(k) else v) for k, v in val.items()}
-            elif isinstance(val, tuple):
-                val = list(val)
-            out[f.name] = val
-        return out
+def _bad(key: str, why: str) -> ConfigError:
+    return ConfigError(f"invalid value for {key}: {why}")
 
 
-def _is_secret(key: str) -> bool:
-    k = key.lower()
-    return any(h in k for h in _SECRET_HINTS)
+def _at_least(section: str, obj: Any, one: tuple[str, ...] = (), zero: tuple[str, ...] = ()) -> None:
+    for key in one:
+        if getattr(obj, key) < 1:
+            raise _bad(f"{section}.{key}", f"{getattr(obj, key)} must be at least 1")
+    for key in zero:
+        if getattr(obj, key) < 0:
+            raise _bad(f"{section}.{key}", "must not be negative")
 
 
-def _coerce(name: str, typ: str, value: Any, source: str) -> Any:
-    where = f"{source}: {name}"
-    try:
-        if typ == "tuple[str, ...]":
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(str(i).strip() for i in items if str(i).strip())
-        if typ == "bool":
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if typ == "int":
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return int(value)
-        if typ in ("float", "float | None"):
-            if value is None or (typ == "float | None" and str(value).lower() in ("", "none")):
-                return None
-            f = float(value)
-            if not math.isfinite(f):
-                raise ValueError(value)
-            return f
-        if typ == "str":
-            if not isinstance(value, str):
-                raise ValueError(value)
-            return value
-        if typ == "Mapping[str, str]":
-            if not isinstance(value, Mapping):
-                raise ValueError(value)
-            return {str(k): str(v) for k, v in value.items()}
-    except (TypeError, ValueError):
-        raise ConfigError(f"invalid value for {where}: {value!r} (expected {typ})") from None
-    raise ConfigError(f"unsupported type for {where}")  # pragma: no cover
+def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise _bad(key, f"{value!r} is not one of {', '.join(options)}")
 
 
-PROTOCOL_NAMES = {"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51,
-                  "icmpv6": 58, "sctp": 132, "udplite": 136}
+PROTOCOL_NAMES: Mapping[str, int] = {"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51,
+                                     "icmpv6": 58, "sctp": 132, "udplite": 136}
 
 
 def protocol_number(text: str) -> int | None:
@@ -163,46 +76,399 @@ def port_range(text: str) -> tuple[int, int] | None:
     return (a, b) if 0 <= a <= b <= 0xFFFF else None
 
 
-def _validate(cfg: AgentConfig) -> AgentConfig:
-    def bad(key: str, why: str) -> ConfigError:
-        return ConfigError(f"invalid value for {key}: {why}")
+HOOKS = ("tc", "xdp")
+XDP_MODES = ("auto", "native", "generic")
+SHAPES = ("batch", "record")
+BUFFER_TYPES = ("memory", "disk")
+WHEN_FULL = ("block", "drop_newest", "drop_oldest")
 
-    if cfg.ringbuf_pages <= 0 or cfg.ringbuf_pages & (cfg.ringbuf_pages - 1):
-        raise bad("ringbuf_pages", f"{cfg.ringbuf_pages} is not a power of two")
-    for key in ("partitions", "poll_interval_ms", "wakeup_records", "sample_rate", "queue_chunks"):
-        if getattr(cfg, key) < 1:
-            raise bad(key, f"{getattr(cfg, key)} must be at least 1")
-    if cfg.hook not in ("tc", "xdp"):
-        raise bad("hook", f"{cfg.hook!r} is not tc or xdp")
-    if cfg.xdp_mode not in ("auto", "native", "generic"):
-        raise bad("xdp_mode", f"{cfg.xdp_mode!r} is not auto, native or generic")
-    if not 1 <= cfg.tc_priority <= 0xFFFF:
-        raise bad("tc_priority", f"{cfg.tc_priority} must be in 1..65535")
-    for key in ("connect_timeout_s", "flush_timeout_s", "stats_interval_s"):
-        if getattr(cfg, key) < 0:
-            raise bad(key, "must not be negative")
-    if cfg.duration_s is not None and cfg.duration_s <= 0:
-        raise bad("duration_s", "must be positive")
-    if not cfg.host_id:
-        raise bad("host_id", "must not be empty")
-    if not cfg.topic:
-        raise bad("topic", "must not be empty")
-    for key in ("include_cidrs", "exclude_cidrs"):
-        for text in getattr(cfg, key):
-            try:
-                ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                raise bad(key, f"{text!r} is not a CIDR") from None
-    for text in cfg.protocols:
-        if protocol_number(text) is None:
-            raise bad("protocols", f"{text!r} is not a protocol name or number 0..255")
-    for text in cfg.ports:
-        if port_range(text) is None:
-            raise bad("ports", f"{text!r} is not a port or range N-M within 0..65535")
-    for name in cfg.interfaces:
-        if not name or len(name) > 15 or "/" in name or name.strip() != name:
-            raise bad("interfaces", f"{name!r} is not a valid interface name")
-    return cfg
+
+@dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    """``[capture]``: hooks, the ring buffer, and the in-kernel filters and sampling."""
+
+    interfaces: tuple[str, ...] = field(default=(), metadata=_m(
+        "interfaces to capture, or glob patterns that also catch links appearing later",
+        env="HDRLOG_IFACE", flag="--iface", metavar="IFACE"))
+    hook: str = field(default="tc", metadata=_m(
+        "`tc`: clsact ingress and egress; `xdp`: ingress only, before the stack (high rate)",
+        env="HDRLOG_HOOK", flag="--hook", choices=HOOKS))
+    xdp_mode: str = field(default="auto", metadata=_m(
+        "`native`, `generic`, or `auto` (native, else generic)", env="HDRLOG_XDP_MODE", flag="--xdp-mode",
+        choices=XDP_MODES))
+    tc_priority: int = field(default=7, metadata=_m(
+        "tc filter priority of the capture programs", env="HDRLOG_TC_PRIORITY"))
+    ringbuf_pages: int = field(default=4096, metadata=_m(
+        "kernel ring buffer pages (power of two; 16 MiB)", env="HDRLOG_RINGBUF_PAGES", flag="--ringbuf-pages",
+        metavar="N"))
+    poll_interval_ms: int = field(default=50, metadata=_m(
+        "longest wait before draining the ring buffer", env="HDRLOG_POLL_INTERVAL_MS"))
+    wakeup_records: int = field(default=128, metadata=_m(
+        "records per CPU between kernel wake-ups", env="HDRLOG_WAKEUP_RECORDS", reload=True))
+    queue_chunks: int = field(default=64, metadata=_m(
+        "drained chunks (up to 8192 records each) queued between capture and batching",
+        env="HDRLOG_QUEUE_CHUNKS"))
+    sample_rate: int = field(default=1, metadata=_m(
+        "record 1 packet in N (`sample_rate` is in every record)", env="HDRLOG_SAMPLE_RATE",
+        flag="--sample-rate", reload=True, metavar="N"))
+    include_cidrs: tuple[str, ...] = field(default=(), metadata=_m(
+        "record only IP packets to/from these CIDRs", env="HDRLOG_INCLUDE_CIDRS", flag="--include-cidr",
+        reload=True, metavar="CIDR"))
+    exclude_cidrs: tuple[str, ...] = field(default=(), metadata=_m(
+        "never record IP packets to/from these CIDRs", env="HDRLOG_EXCLUDE_CIDRS", flag="--exclude-cidr",
+        reload=True, metavar="CIDR"))
+    protocols: tuple[str, ...] = field(default=(), metadata=_m(
+        "record only these IP protocols: `tcp`, `udp`, `icmp`, `icmpv6`, `sctp`, ... or numbers",
+        env="HDRLOG_PROTOCOLS", flag="--protocol", reload=True, metavar="PROTO"))
+    ports: tuple[str, ...] = field(default=(), metadata=_m(
+        "record only packets whose source or destination port is listed (`N` or `N-M`)",
+        env="HDRLOG_PORTS", flag="--port", reload=True, metavar="N[-M]"))
+    drop_non_ip: bool = field(default=False, metadata=_m(
+        "do not record frames that are not IPv4/IPv6", env="HDRLOG_DROP_NON_IP", flag="--drop-non-ip",
+        reload=True))
+    pin_dir: str = field(default="/sys/fs/bpf/hdrlog", metadata=_m(
+        "bpffs directory where the ring buffer is pinned, so a restarted agent drains what a killed one "
+        "left (empty: no pinning)", env="HDRLOG_PIN_DIR"))
+
+    def __post_init__(self) -> None:
+        s = "capture"
+        if self.ringbuf_pages <= 0 or self.ringbuf_pages & (self.ringbuf_pages - 1):
+            raise _bad(f"{s}.ringbuf_pages", f"{self.ringbuf_pages} is not a power of two")
+        _at_least(s, self, one=("poll_interval_ms", "wakeup_records", "sample_rate", "queue_chunks"))
+        _choice(f"{s}.hook", self.hook, HOOKS)
+        _choice(f"{s}.xdp_mode", self.xdp_mode, XDP_MODES)
+        if not 1 <= self.tc_priority <= 0xFFFF:
+            raise _bad(f"{s}.tc_priority", f"{self.tc_priority} must be in 1..65535")
+        for key in ("include_cidrs", "exclude_cidrs"):
+            for text in getattr(self, key):
+                try:
+                    ipaddress.ip_network(text, strict=False)
+                except ValueError:
+                    raise _bad(f"{s}.{key}", f"{text!r} is not a CIDR") from None
+        for text in self.protocols:
+            if protocol_number(text) is None:
+                raise _bad(f"{s}.protocols", f"{text!r} is not a protocol name or number 0..255")
+        for text in self.ports:
+            if port_range(text) is None:
+                raise _bad(f"{s}.ports", f"{text!r} is not a port or range N-M within 0..65535")
+        for name in self.interfaces:
+            if not name or len(name) > 15 or "/" in name or name.strip() != name:
+                raise _bad(f"{s}.interfaces", f"{name!r} is not a valid interface name")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    """``[batch]``: how records are grouped before encoding (one message per batch in `batch` shape)."""
+
+    max_records: int = field(default=4096, metadata=_m(
+        "records at most in a batch", env="HDRLOG_BATCH_MAX_RECORDS"))
+    max_bytes: int = field(default=1_000_000, metadata=_m(
+        "encoded bytes at most in one batch message (a larger encoding is split; keep it under the "
+        "topic's `max.message.bytes`)", env="HDRLOG_BATCH_MAX_BYTES"))
+    linger_ms: int = field(default=100, metadata=_m(
+        "longest time a record waits for its batch to fill", env="HDRLOG_BATCH_LINGER_MS"))
+
+    def __post_init__(self) -> None:
+        _at_least("batch", self, one=("max_records",), zero=("linger_ms",))
+        if self.max_bytes < 4096:
+            raise _bad("batch.max_bytes", f"{self.max_bytes} must be at least 4096")
+
+
+@dataclass(frozen=True, slots=True)
+class BufferConfig:
+    """``[buffer]``: between the encoder and the publisher; what happens when it is full."""
+
+    type: str = field(default="memory", metadata=_m(
+        "`memory`, or `disk` (SQLite in `state_dir`: survives broker outages and restarts)",
+        env="HDRLOG_BUFFER_TYPE", flag="--buffer", choices=BUFFER_TYPES))
+    when_full: str = field(default="block", metadata=_m(
+        "`block` (backpressure to the ring buffer), `drop_newest` or `drop_oldest` (counted)",
+        env="HDRLOG_BUFFER_WHEN_FULL", flag="--when-full", choices=WHEN_FULL))
+    max_bytes: int = field(default=0, metadata=_m(
+        "size cap of the encoded messages held (0: 64 MiB in memory, 1 GiB on disk)",
+        env="HDRLOG_BUFFER_MAX_BYTES"))
+
+    def __post_init__(self) -> None:
+        _choice("buffer.type", self.type, BUFFER_TYPES)
+        _choice("buffer.when_full", self.when_full, WHEN_FULL)
+        _at_least("buffer", self, zero=("max_bytes",))
+
+    @property
+    def cap_bytes(self) -> int:
+        if self.max_bytes:
+            return self.max_bytes
+        return (1 << 30) if self.type == "disk" else (64 << 20)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    """``[kafka]``: the broker, the topic, the message shape; ``[kafka.properties]`` goes to librdkafka."""
+
+    bootstrap_servers: str = field(default="127.0.0.1:9092", metadata=_m(
+        "Kafka bootstrap servers", env="HDRLOG_BOOTSTRAP_SERVERS", flag="--bootstrap-servers", metavar="HOSTS"))
+    topic: str = field(default="hdrlog.headers", metadata=_m(
+        "topic of the header records; the value schema's subject is `<topic>-value`", env="HDRLOG_TOPIC",
+        flag="--topic"))
+    shape: str = field(default="batch", metadata=_m(
+        "`batch`: one HeaderBatch per message; `record`: one HeaderRecord per message", env="HDRLOG_SHAPE",
+        flag="--shape", choices=SHAPES))
+    partitions: int = field(default=6, metadata=_m(
+        "partitions when the agent creates a topic", env="HDRLOG_PARTITIONS", flag="--partitions", metavar="N"))
+    connect_timeout_s: float = field(default=30.0, metadata=_m(
+        "how long start-up retries the registry and broker", env="HDRLOG_CONNECT_TIMEOUT",
+        flag="--connect-timeout", metavar="S"))
+    flush_timeout_s: float = field(default=15.0, metadata=_m(
+        "deadline for delivering what is buffered at exit (a disk buffer keeps the rest for the next start)",
+        env="HDRLOG_FLUSH_TIMEOUT", metavar="S"))
+    retry_backoff_s: float = field(default=1.0, metadata=_m(
+        "pause before re-sending after a retriable delivery failure (doubles up to 30 s)",
+        env="HDRLOG_RETRY_BACKOFF"))
+    properties: Mapping[str, str] = field(default_factory=dict, metadata=_m(
+        "`[kafka.properties]`: librdkafka properties passed through (TLS, SASL, `message.timeout.ms`, ...)"))
+
+    def __post_init__(self) -> None:
+        if not self.topic:
+            raise _bad("kafka.topic", "must not be empty")
+        if not self.bootstrap_servers:
+            raise _bad("kafka.bootstrap_servers", "must not be empty")
+        _choice("kafka.shape", self.shape, SHAPES)
+        _at_least("kafka", self, one=("partitions",), zero=("connect_timeout_s", "flush_timeout_s"))
+        if self.retry_backoff_s <= 0:
+            raise _bad("kafka.retry_backoff_s", "must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    """``[registry]``: the Confluent-compatible schema registry; ``[registry.properties]`` goes to its client."""
+
+    url: str = field(default="http://127.0.0.1:8081/apis/ccompat/v7", metadata=_m(
+        "Confluent-compatible registry URL", env="HDRLOG_SCHEMA_REGISTRY", flag="--schema-registry", metavar="URL"))
+    auto_register: bool = field(default=True, metadata=_m(
+        "register the schemas at start; `false`: only look them up, and refuse to start without them",
+        env="HDRLOG_AUTO_REGISTER"))
+    properties: Mapping[str, str] = field(default_factory=dict, metadata=_m(
+        "`[registry.properties]`: registry client properties (`basic.auth.user.info`, TLS)"))
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise _bad("registry.url", f"{self.url!r} is not an http(s) URL")
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """``[telemetry]``: the local HTTP server (/metrics, /api/v1/status), the stats log and topic."""
+
+    listen: str = field(default="127.0.0.1:9464", metadata=_m(
+        "address of /metrics and /api/v1/status (`off`: no server; port 0: any free port)",
+        env="HDRLOG_LISTEN", flag="--listen", metavar="HOST:PORT"))
+    stats_interval_s: float = field(default=60.0, metadata=_m(
+        "log every counter and publish an AgentStats record this often (0: only the exit summary)",
+        env="HDRLOG_STATS_INTERVAL", metavar="S"))
+    stats_topic: str = field(default="hdrlog.agent-stats", metadata=_m(
+        "topic of the AgentStats records (empty: none)", env="HDRLOG_STATS_TOPIC"))
+
+    def __post_init__(self) -> None:
+        _at_least("telemetry", self, zero=("stats_interval_s",))
+        if self.listen != "off":
+            host, _, port = self.listen.rpartition(":")
+            if not host or not port.isdigit() or int(port) > 65535:
+                raise _bad("telemetry.listen", f"{self.listen!r} is not HOST:PORT or off")
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if self.listen == "off":
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything ``hdrlog agent`` needs; see the README's "Configuration"."""
+
+    host_id: str = field(default_factory=socket.gethostname, metadata=_m(
+        "this host's id: message key and `host_id` of every record (default: the hostname)",
+        env="HDRLOG_HOST_ID", flag="--host-id"))
+    state_dir: str = field(default="/var/lib/hdrlog", metadata=_m(
+        "the disk buffer, the dead-letter file and the capture locks; one per agent",
+        env="HDRLOG_STATE_DIR", flag="--state-dir", metavar="DIR"))
+    duration_s: float | None = field(default=None, metadata=_m(
+        "stop after this many seconds (none: run until signalled)", env="HDRLOG_DURATION", flag="--duration",
+        metavar="S"))
+    stdout: bool = field(default=False, metadata=_m(
+        "print JSON lines instead of publishing (no Kafka at all)", flag="--stdout"))
+    output: str = field(default="", metadata=_m(
+        "append JSON lines to this file instead of publishing (no Kafka at all)", env="HDRLOG_OUTPUT",
+        flag="--output", metavar="FILE"))
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+
+    def __post_init__(self) -> None:
+        if not self.host_id:
+            raise _bad("host_id", "must not be empty")
+        if not self.state_dir:
+            raise _bad("state_dir", "must not be empty")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise _bad("duration_s", "must be positive")
+        if self.stdout and self.output:
+            raise _bad("output", "--stdout and --output exclude each other")
+
+    @property
+    def json_lines(self) -> bool:
+        """Records go out as JSON lines (stdout or a file), not to Kafka."""
+        return self.stdout or bool(self.output)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as a dict, secrets replaced by '***'."""
+        return _as_dict(self)
+
+
+#: the sections of the tree, as TOML tables, in the order the README lists them
+SECTIONS: Mapping[str, type[Any]] = {
+    "capture": CaptureConfig, "batch": BatchConfig, "buffer": BufferConfig, "kafka": KafkaConfig,
+    "registry": RegistryConfig, "telemetry": TelemetryConfig}
+
+
+def is_secret(key: str) -> bool:
+    k = key.lower()
+    return any(h in k for h in _SECRET_HINTS)
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        val = getattr(obj, f.name)
+        if dataclasses.is_dataclass(val):
+            val = _as_dict(val)
+        elif isinstance(val, Mapping):
+            val = {k: ("***" if is_secret(k) else v) for k, v in val.items()}
+        elif isinstance(val, tuple):
+            val = list(val)
+        out[f.name] = val
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One leaf of the tree: its dotted key and its dataclass field."""
+
+    key: str
+    field: dataclasses.Field[Any]
+
+    @property
+    def name(self) -> str:
+        return self.field.name
+
+    @property
+    def section(self) -> str | None:
+        return self.key.split(".")[0] if "." in self.key else None
+
+    @property
+    def env(self) -> str | None:
+        return self.field.metadata.get("env")
+
+    @property
+    def flag(self) -> str | None:
+        return self.field.metadata.get("flag")
+
+    @property
+    def reload(self) -> bool:
+        return bool(self.field.metadata.get("reload"))
+
+    @property
+    def help(self) -> str:
+        return str(self.field.metadata.get("help", ""))
+
+    @property
+    def type(self) -> str:
+        return str(self.field.type)
+
+    def default(self) -> Any:
+        owner = SECTIONS[self.section]() if self.section else AgentConfig()
+        return getattr(owner, self.name)
+
+
+def settings() -> Iterator[Setting]:
+    """Every leaf setting, top-level keys first, then each section's, in declaration order."""
+    for f in fields(AgentConfig):
+        if f.name not in SECTIONS:
+            yield Setting(f.name, f)
+    for name, cls in SECTIONS.items():
+        for f in fields(cls):
+            yield Setting(f"{name}.{f.name}", f)
+
+
+def _coerce(key: str, typ: str, value: Any, source: str) -> Any:
+    where = f"{source}: {key}"
+    try:
+        if typ == "tuple[str, ...]":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if typ == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if typ == "int":
+            if isinstance(value, (bool, float)):
+                raise ValueError(value)
+            return int(value)
+        if typ in ("float", "float | None"):
+            if value is None or (typ == "float | None" and str(value).lower() in ("", "none")):
+                return None
+            if isinstance(value, bool):
+                raise ValueError(value)
+            f = float(value)
+            if not math.isfinite(f):
+                raise ValueError(value)
+            return f
+        if typ == "str":
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+        if typ == "Mapping[str, str]":
+            if not isinstance(value, Mapping) or any(isinstance(v, Mapping | list) for v in value.values()):
+                raise ValueError(value)
+            return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+    except (TypeError, ValueError):
+        shown = "***" if key.endswith("properties") else repr(value)
+        raise ConfigError(f"invalid value for {where}: {shown} (expected {typ})") from None
+    raise ConfigError(f"unsupported type for {where}")  # pragma: no cover
+
+
+def _from_file(path: Path, known: Mapping[str, Setting]) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    values: dict[str, Any] = {}
+    for key, val in data.items():
+        if key in SECTIONS:
+            if not isinstance(val, Mapping):
+                raise ConfigError(f"config file {path}: [{key}] must be a table")
+            items = [(f"{key}.{k}", v) for k, v in val.items()]
+        else:
+            items = [(key, val)]
+        for dotted, v in items:
+            if dotted not in known:
+                near = [k for k in known if k.endswith(f".{dotted}")]
+                hint = f" (did you mean {near[0]}, in [{near[0].split('.')[0]}]?)" if near else ""
+                raise ConfigError(f"unknown key in {path}: {dotted}{hint}")
+            values[dotted] = _coerce(dotted, known[dotted].type, v, str(path))
+    return values
 
 
 def load_config(
@@ -210,27 +476,48 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> AgentConfig:
-    """Build the effective config; raises ConfigError naming the key."""
-    known = {f.name: f for f in fields(AgentConfig)}
+    """Build the effective config; raises ConfigError naming the key.
+
+    ``overrides`` are keyed by dotted name (``capture.sample_rate``); a None value is unset.
+    """
+    known = {s.key: s for s in settings()}
     values: dict[str, Any] = {}
     if path is not None:
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-        for key, val in data.items():
-            if key not in known:
-                raise ConfigError(f"unknown key in {path}: {key}")
-            values[key] = _coerce(key, str(known[key].type), val, str(path))
-    for f in known.values():
-        var = f.metadata.get("env")
-        if var and env is not None and var in env:
-            values[f.name] = _coerce(f.name, str(f.type), env[var], f"environment {var}")
+        values.update(_from_file(path, known))
+    for s in known.values():
+        if s.env and env is not None and s.env in env:
+            values[s.key] = _coerce(s.key, s.type, env[s.env], f"environment {s.env}")
     for key, val in (overrides or {}).items():
         if key not in known:
             raise ConfigError(f"unknown setting: {key}")
         if val is not None:
-            values[key] = _coerce(key, str(known[key].type), val, "command line")
-    return _validate(dataclasses.replace(AgentConfig(), **values))
+            values[key] = _coerce(key, known[key].type, val, "command line")
+    top = {k: v for k, v in values.items() if "." not in k}
+    for name, cls in SECTIONS.items():
+        section = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(f"{name}.")}
+        top[name] = cls(**section)
+    return AgentConfig(**top)
+
+
+def reloadable(new: AgentConfig, running: AgentConfig) -> tuple[AgentConfig, list[str]]:
+    """``running`` with the SIGHUP-applicable settings of ``new``; and the changed keys that need a restart."""
+    capture = dataclasses.replace(running.capture, **{
+        s.name: getattr(new.capture, s.name) for s in settings() if s.section == "capture" and s.reload})
+    ignored = [s.key for s in settings() if not s.reload and _get(new, s.key) != _get(running, s.key)]
+    return dataclasses.replace(running, capture=capture), ignored
+
+
+def _get(cfg: AgentConfig, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def live_settings(cfg: AgentConfig) -> dict[str, Any]:
+    """The settings SIGHUP applies, by key, as the agent logs them."""
+    return {s.key: _jsonable(_get(cfg, s.key)) for s in settings() if s.reload}
+
+
+def _jsonable(val: Any) -> Any:
+    return list(val) if isinstance(val, tuple) else val

@@ -15,11 +15,12 @@ import threading
 import time
 from typing import Any
 
+from producer.agent import AgentReport
 from producer.config import load_config
 from producer.consumer.console import ConsumeOptions, consume
 from producer.errors import HdrlogError
 from producer.netns import VethNamespace
-from producer.pipeline import Agent, AgentReport
+from producer.pipeline import build
 
 
 def _say(text: str) -> None:
@@ -50,7 +51,7 @@ def _traffic(net: VethNamespace) -> None:
 
 
 def run_demo(*, iface: str | None, duration_s: float, topic: str, keep_network: bool,
-             json_lines: bool = False) -> int:
+             json_lines: bool = False, shape: str = "batch") -> int:
     from producer.devstack import LocalStack, StackSettings
 
     settings = StackSettings.from_env()
@@ -65,11 +66,12 @@ def run_demo(*, iface: str | None, duration_s: float, topic: str, keep_network: 
             server = net.popen(["python3", "-m", "http.server", "--bind", net.peer_ip, "8080"])
             _wait_listening(net.peer_ip, 8080, 15)
         cfg = load_config(overrides={
-            "interfaces": [iface or net.host_if], "topic": topic, "duration_s": duration_s,
-            "bootstrap_servers": settings.bootstrap_servers,
-            "schema_registry": settings.registry_url, "host_id": socket.gethostname(),
+            "capture.interfaces": [iface or net.host_if], "kafka.topic": topic, "duration_s": duration_s,
+            "kafka.bootstrap_servers": settings.bootstrap_servers, "kafka.shape": shape,
+            "registry.url": settings.registry_url, "host_id": socket.gethostname(),
+            "state_dir": str(settings.cache_dir / "demo-state"), "telemetry.listen": "127.0.0.1:0",
         })
-        agent = Agent(cfg)
+        agent = build(cfg)
         result: dict[str, Any] = {}
 
         def run() -> None:
@@ -83,7 +85,8 @@ def run_demo(*, iface: str | None, duration_s: float, topic: str, keep_network: 
         thread.start()
         agent.ready.wait(120)
         if "error" not in result:
-            _say(f"agent capturing on {cfg.interfaces[0]} for {duration_s:g}s")
+            _say(f"agent capturing on {cfg.capture.interfaces[0]} for {duration_s:g}s, "
+                 f"{shape} messages to {topic}")
             if iface is None:
                 _traffic(net)
         thread.join()

@@ -1,67 +1,110 @@
-"""Rendering of HeaderRecord dicts for people and JSON sinks.
+"""The in-process types that travel between stages.
 
-The agent's ``--stdout`` mode and the console consumer print the same shape:
-MAC and IP addresses as text, everything else as the schema has it.
+    Chunk   what one drain copied out of one ring buffer (numpy, bpf/record.h layout)
+    Batch   records of one capture, bounded by records and linger (still numpy)
+    Encoded the bytes of one or more Kafka messages: one buffer entry
+
+Records stay columnar (``abi.RECORD_DTYPE`` arrays) from the ring buffer to
+the encoder; no Python object exists per record on the Kafka path.  A ring
+position (``RingMark``) rides along so that, with a disk buffer, the ring's
+consumer position advances only once the records are stored.
 """
 
 from __future__ import annotations
 
-import ipaddress
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 
-def mac_text(raw: bytes) -> str:
-    return raw.hex(":")
+from producer import abi
 
-
-def ip_text(raw: bytes | None) -> str | None:
-    if raw is None:
-        return None
-    if len(raw) == 4:
-        return str(ipaddress.IPv4Address(raw))
-    if len(raw) == 16:
-        return str(ipaddress.IPv6Address(raw))
-    return raw.hex()
+Records = npt.NDArray[Any]
+"""An array of ``abi.RECORD_DTYPE``."""
 
 
-def render(record: dict[str, Any]) -> dict[str, Any]:
-    """A JSON-ready copy of one HeaderRecord."""
-    out = dict(record)
-    out["src_mac"] = mac_text(record["src_mac"])
-    out["dst_mac"] = mac_text(record["dst_mac"])
-    out["src_ip"] = ip_text(record.get("src_ip"))
-    out["dst_ip"] = ip_text(record.get("dst_ip"))
-    return out
+@dataclass(frozen=True, slots=True)
+class RingMark:
+    """The consumer position of one capture's ring buffer just after some record."""
+
+    capture_id: str
+    position: int
 
 
-_PROTO = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp"}
-_TCP_FLAGS = "FSRPAUEC"
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Records drained from one ring buffer, in ring order.
+
+    ``end_positions[i]`` is the ring consumer position just after ``records[i]``.
+    """
+
+    capture_id: str
+    records: Records
+    end_positions: npt.NDArray[np.uint64]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def mark(self, index: int) -> RingMark:
+        """The position after ``records[index]``."""
+        return RingMark(self.capture_id, int(self.end_positions[index]))
 
 
-def tcp_flags_text(flags: int) -> str:
-    text = "".join(c for i, c in enumerate(_TCP_FLAGS) if flags & (1 << i))
-    return text + ("N" if flags & 0x100 else "")
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Records of one capture, ready to encode; ``mark`` is where its ring can be released to."""
+
+    capture_id: str
+    records: Records
+    mark: RingMark | None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def first_ts_ns(self) -> int:
+        return int(self.records["ts_ns"].min()) if len(self.records) else 0
+
+    @staticmethod
+    def empty(capture_id: str = "") -> Batch:
+        return Batch(capture_id, np.empty(0, dtype=abi.RECORD_DTYPE), None)
 
 
-def summary_line(record: dict[str, Any]) -> str:
-    """One human line per record: direction, protocol, endpoints, the salient header bits."""
-    r = render(record)
-    direction = "in " if r["direction"] == "INGRESS" else "out"
-    vlan = f" vlan={','.join(map(str, r['vlan_ids']))}" if r["vlan_ids"] else ""
-    if r["ip_version"] is None:
-        what = f"ether 0x{r['ether_type']:04x} {r['src_mac']} > {r['dst_mac']}"
-    else:
-        proto = _PROTO.get(r["ip_proto"], f"ip{r['ip_proto']}")
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One buffer entry: the values of one or more messages to one topic, under one key.
 
-        def end(ip: str, port: int | None) -> str:
-            host = f"[{ip}]" if ":" in ip else ip
-            return f"{host}:{port}" if port is not None else host
+    ``payload`` holds the values back to back; ``offsets`` (None for a single
+    message) are where each value starts, so record shape keeps one entry per
+    batch instead of one per record.  ``records`` is how many header records
+    the entry stands for (the accounting unit); ``captured_ns`` the capture
+    time (kernel monotonic clock) of its oldest record, for the delivery latency.
+    """
 
-        what = f"{proto:<5} {end(r['src_ip'], r['src_port'])} > {end(r['dst_ip'], r['dst_port'])}"
-        if r["tcp_flags"] is not None:
-            what += f" [{tcp_flags_text(r['tcp_flags'])}]"
-        if r["icmp_type"] is not None:
-            what += f" type={r['icmp_type']} code={r['icmp_code']}"
-        what += f" ttl={r['ttl']}"
-    marks = "".join(f" {m}" for m, on in (("TRUNCATED", r["truncated"]), ("ANOMALY", r["parse_anomaly"])) if on)
-    return f"{r['interface']} {direction} {what} len={r['packet_length']}{vlan}{marks}"
+    topic: str
+    key: bytes
+    payload: bytes
+    offsets: tuple[int, ...] | None
+    records: int
+    captured_ns: int = 0
+    mark: RingMark | None = None
+
+    @property
+    def messages(self) -> int:
+        return 1 if self.offsets is None else len(self.offsets)
+
+    def values(self) -> list[bytes]:
+        if self.offsets is None:
+            return [self.payload]
+        ends = (*self.offsets[1:], len(self.payload))
+        return [self.payload[a:b] for a, b in zip(self.offsets, ends, strict=True)]
+
+    def message_records(self) -> list[int]:
+        """Records each message stands for (record shape: one each)."""
+        if self.offsets is None:
+            return [self.records]
+        return [1] * len(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.payload)

@@ -98,6 +98,19 @@ class AgentProcess:
     def log_lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in list(self._err) if line.startswith('{"ts"')]
 
+    @property
+    def url(self) -> str:
+        """The agent's local HTTP server, from its start-up log line."""
+        for line in self.log_lines():
+            if line["msg"].startswith("serving /metrics"):
+                return str(line["msg"].rsplit(" ", 1)[1])
+        raise AssertionError(f"the agent logged no server address:\n{self.stderr}")
+
+    def status(self) -> dict[str, Any]:
+        import httpx2
+
+        return dict(httpx2.get(self.url + "/api/v1/status", timeout=5).json())
+
     def our_filters(self) -> list[Any]:
         from producer.capture.tc import TcHooks
 
@@ -141,24 +154,32 @@ class AgentProcess:
 
 def summary_of(stderr: str) -> dict[str, Any]:
     """The agent's exit summary; every drop in it must be a registered, named reason."""
-    from producer.telemetry.counters import DROP_REASONS
+    from producer.telemetry.events import Drop, Stat
 
     for line in reversed(stderr.splitlines()):
         if line.startswith('{"summary"'):
             summary = dict(json.loads(line)["summary"])
-            unnamed = {k for k in summary["agent"] if k.startswith("dropped") and k not in DROP_REASONS}
-            assert not unnamed, f"drop counters missing from DROP_REASONS: {unnamed}"
+            named = {d.value for d in Drop} | {s.value for s in Stat}
+            assert set(summary["agent"]) == named, f"counters outside the typed set: {set(summary['agent']) ^ named}"
             return summary
     raise AssertionError(f"no summary line in agent stderr:\n{stderr}")
 
 
 @pytest.fixture
-def start_agent() -> Iterator[Callable[..., AgentProcess]]:
+def start_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., AgentProcess]]:
+    """``hdrlog agent --iface IFACE ARGS``; unless ARGS say otherwise, with its own state directory
+    and its HTTP server on a free loopback port (so agents never share either)."""
     agents: list[AgentProcess] = []
 
-    def start(iface: str, *args: str) -> AgentProcess:
-        proc = subprocess.Popen([*HDRLOG, "--log-format", "json", "agent", "--iface", iface, *args],
-                                cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def start(iface: str, *args: str, env: dict[str, str] | None = None) -> AgentProcess:
+        extra: list[str] = []
+        if "--state-dir" not in args:
+            extra += ["--state-dir", str(tmp_path_factory.mktemp("state"))]
+        if "--listen" not in args:
+            extra += ["--listen", "127.0.0.1:0"]
+        proc = subprocess.Popen([*HDRLOG, "--log-format", "json", "agent", "--iface", iface, *args, *extra],
+                                cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, **(env or {})})
         agents.append(AgentProcess(proc, iface))
         return agents[-1]
 

@@ -1,4 +1,4 @@
-"""The one validated config: precedence, key-naming errors, masked secrets."""
+"""The one validated config tree: sections, precedence, key-naming errors, masked secrets, reload."""
 
 from __future__ import annotations
 
@@ -6,27 +6,34 @@ from pathlib import Path
 
 import pytest
 
-from producer.config import load_config
+from producer.config import AgentConfig, load_config, reloadable, settings
 from producer.errors import ConfigError
 
 
 def test_precedence_default_file_env_flag(tmp_path: Path) -> None:
     f = tmp_path / "agent.toml"
-    f.write_text('topic = "from-file"\npartitions = 3\nsample_rate = 4\n')
+    f.write_text('[kafka]\ntopic = "from-file"\npartitions = 3\n[capture]\nsample_rate = 4\n')
     cfg = load_config(f, {"HDRLOG_TOPIC": "from-env", "HDRLOG_PARTITIONS": "5"},
-                      {"topic": "from-flag", "partitions": None})
-    assert (cfg.topic, cfg.partitions, cfg.sample_rate, cfg.ringbuf_pages) == ("from-flag", 5, 4, 4096)
+                      {"kafka.topic": "from-flag", "kafka.partitions": None})
+    assert (cfg.kafka.topic, cfg.kafka.partitions, cfg.capture.sample_rate, cfg.capture.ringbuf_pages) == (
+        "from-flag", 5, 4, 4096)
 
 
 def test_interfaces_from_env_list() -> None:
-    assert load_config(env={"HDRLOG_IFACE": "eth0, eth1"}).interfaces == ("eth0", "eth1")
+    assert load_config(env={"HDRLOG_IFACE": "eth0, eth1"}).capture.interfaces == ("eth0", "eth1")
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("topik = 'x'\n", "unknown key in .*: topik"),
-    ("ringbuf_pages = 1000\n", "invalid value for ringbuf_pages: 1000 is not a power of two"),
-    ("partitions = 'many'\n", "invalid value for .*partitions: 'many'"),
-    ("sample_rate = 0\n", "invalid value for sample_rate"),
+    ("topik = 'x'\n", "unknown key in .*: topik$"),
+    ("topic = 'x'\n", r"unknown key in .*: topic \(did you mean kafka.topic, in \[kafka\]\?\)"),
+    ("[kafka]\ntopik = 'x'\n", "unknown key in .*: kafka.topik"),
+    ("[capture]\nringbuf_pages = 1000\n", "invalid value for capture.ringbuf_pages: 1000 is not a power of two"),
+    ("[kafka]\npartitions = 'many'\n", "invalid value for .*kafka.partitions: 'many'"),
+    ("[capture]\nsample_rate = 0\n", "invalid value for capture.sample_rate"),
+    ("[buffer]\nwhen_full = 'spill'\n", "invalid value for buffer.when_full: 'spill' is not one of block, drop_newest"),
+    ("[kafka]\nshape = 'rows'\n", "invalid value for kafka.shape: 'rows' is not one of batch, record"),
+    ("[telemetry]\nlisten = '9464'\n", "invalid value for telemetry.listen: '9464' is not HOST:PORT or off"),
+    ("kafka = 3\n", r"\[kafka\] must be a table"),
     ("topic = \n", "not valid TOML"),
 ])
 def test_bad_file_names_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -43,9 +50,29 @@ def test_bad_env_names_the_variable() -> None:
 
 def test_secrets_are_masked(tmp_path: Path) -> None:
     f = tmp_path / "agent.toml"
-    f.write_text('[kafka]\n"sasl.password" = "hunter2"\n"sasl.username" = "agent"\n'
-                 '[registry]\n"basic.auth.user.info" = "u:p"\n')
-    shown = load_config(f, {}).masked()
-    assert shown["kafka"] == {"sasl.password": "***", "sasl.username": "agent"}
-    assert shown["registry"] == {"basic.auth.user.info": "***"}
-    assert "hunter2" not in repr(shown)
+    f.write_text('[kafka.properties]\n"sasl.password" = "hunter2"\n"sasl.username" = "agent"\n'
+                 '[registry.properties]\n"basic.auth.user.info" = "u:p"\n')
+    cfg = load_config(f, {})
+    assert cfg.kafka.properties["sasl.password"] == "hunter2"
+    shown = cfg.masked()
+    assert shown["kafka"]["properties"] == {"sasl.password": "***", "sasl.username": "agent"}
+    assert shown["registry"]["properties"] == {"basic.auth.user.info": "***"}
+    assert "hunter2" not in repr(shown) and "u:p" not in repr(shown)
+
+
+def test_every_setting_has_help_and_a_unique_env_var_and_flag() -> None:
+    all_settings = list(settings())
+    assert all(s.help for s in all_settings)
+    envs = [s.env for s in all_settings if s.env]
+    flags = [s.flag for s in all_settings if s.flag]
+    assert len(envs) == len(set(envs)) and len(flags) == len(set(flags))
+
+
+def test_reload_takes_only_the_live_settings() -> None:
+    running = load_config(env={"HDRLOG_IFACE": "eth0"})
+    new = load_config(env={"HDRLOG_IFACE": "eth0", "HDRLOG_SAMPLE_RATE": "8", "HDRLOG_TOPIC": "other",
+                           "HDRLOG_PORTS": "53"})
+    merged, ignored = reloadable(new, running)
+    assert (merged.capture.sample_rate, merged.capture.ports) == (8, ("53",))
+    assert merged.kafka.topic == running.kafka.topic == AgentConfig().kafka.topic
+    assert ignored == ["kafka.topic"]

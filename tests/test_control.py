@@ -43,7 +43,7 @@ def test_filters_and_sampling_change_at_run_time(quiet_veth, start_agent, udp_si
     net.exec(["ip", "neigh", "add", other, "lladdr", net.mac(peer=False), "dev", net.peer_if,
               "nud", "permanent"])
     cfg = tmp_path / "agent.toml"
-    cfg.write_text("sample_rate = 1\n")
+    cfg.write_text("[capture]\nsample_rate = 1\n")
     agent = start_agent(net.host_if, "--config", str(cfg), "--stdout")
     agent.wait_attached()
 
@@ -54,19 +54,20 @@ def test_filters_and_sampling_change_at_run_time(quiet_veth, start_agent, udp_si
     assert _per_port(agent.records()) == {(net.host_ip, 5001): 50, (net.host_ip, 5002): 50}
 
     # B: a port filter
-    assert _reload(agent, cfg, 'ports = ["5002"]\n') < 1.0
+    assert _reload(agent, cfg, '[capture]\nports = ["5002"]\n') < 1.0
     send_udp(net, net.host_ip, 5001, 50)
     send_udp(net, net.host_ip, 5002, 50)
     wait_for(lambda: len(agent.records()) >= 150, 10, "150 records")
 
     # C: include a /32, exclude inside an included /24 (the longest prefix decides)
-    assert _reload(agent, cfg, 'include_cidrs = ["10.204.0.0/24"]\nexclude_cidrs = ["10.204.0.1/32"]\n') < 1.0
+    cidrs = '[capture]\ninclude_cidrs = ["10.204.0.0/24"]\nexclude_cidrs = ["10.204.0.1/32"]\n'
+    assert _reload(agent, cfg, cidrs) < 1.0
     send_udp(net, net.host_ip, 5003, 40)
     send_udp(net, other, 5003, 40)
     wait_for(lambda: len(agent.records()) >= 190, 10, "190 records")
 
     # D: 1-in-4 sampling, filters off
-    assert _reload(agent, cfg, "sample_rate = 4\n") < 1.0
+    assert _reload(agent, cfg, "[capture]\nsample_rate = 4\n") < 1.0
     n = 4000
     send_udp(net, other, 5004, n)
     _out, err = agent.stop()

@@ -29,7 +29,7 @@ def test_demo_shows_decoded_records_and_counters(root_required, stack) -> None:
 
 
 def test_text_lines_are_readable() -> None:
-    from producer.records import summary_line
+    from producer.render import summary_line
 
     rec = {"interface": "eth0", "direction": "EGRESS", "src_mac": b"\x02" * 6, "dst_mac": b"\x04" * 6,
            "vlan_ids": [7], "ether_type": 0x86DD, "ip_version": 6, "src_ip": b"\xfd" + b"\x00" * 14 + b"\x01",

@@ -2,38 +2,49 @@
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import fields
 
-from producer.config import AgentConfig
+from producer.config import settings
 from tests.conftest import ROOT
 
 
-def test_readme_lists_every_setting_with_its_env_var() -> None:
+def _rows() -> dict[str, tuple[str, str]]:
     readme = (ROOT / "README.md").read_text()
-    rows = {m[1]: m[2] for m in re.finditer(r"^\| `(\w+)` \| (`HDRLOG_\w+`|—) \|", readme, re.M)}
-    expected = {f.name: (f"`{f.metadata['env']}`" if f.metadata.get("env") else "—")
-                for f in fields(AgentConfig)}
-    assert rows == expected
+    return {m[1]: (m[2], m[3]) for m in re.finditer(r"^\| `([\w.]+)` \| (`HDRLOG_\w+`|—) \| ([^|]+) \|", readme, re.M)
+            if "." in m[1] or m[1] in {s.key for s in settings()}}
+
+
+def test_readme_lists_every_setting_with_its_env_var() -> None:
+    rows = _rows()
+    expected = {s.key: f"`{s.env}`" if s.env else "—" for s in settings()}
+    assert {k: v[0] for k, v in rows.items() if k in expected or "." in k} == expected
 
 
 def test_readme_defaults_match() -> None:
-    readme = (ROOT / "README.md").read_text()
-    cfg = AgentConfig()
-    for f in fields(AgentConfig):
-        val = getattr(cfg, f.name)
-        if isinstance(val, (int, float, str)) and not isinstance(val, bool) and f.name != "host_id":
-            shown = f"{val:g}" if isinstance(val, float) else str(val)
-            assert re.search(rf"^\| `{f.name}` \| [^|]+ \| `{re.escape(shown)}` \|", readme, re.M), f.name
+    rows = _rows()
+    for s in settings():
+        val = s.default()
+        if isinstance(val, bool):
+            shown = f"`{str(val).lower()}`"
+        elif isinstance(val, (int, float, str)) and val != "" and s.name != "host_id":
+            shown = f"`{val:g}`" if isinstance(val, float) else f"`{val}`"
+        else:
+            continue
+        assert rows[s.key][1].strip() == shown, s.key
 
 
 def test_readme_documents_every_record_field() -> None:
-    import json
-
     readme = (ROOT / "README.md").read_text()
     table = readme.split("## The record", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`(\w+)`", table))
-    schema = json.loads((ROOT / "schemas" / "HeaderRecord.avsc").read_text())
-    missing = {f["name"] for f in schema["fields"]} - documented
-    assert not missing
-    assert all(f.get("doc") for f in schema["fields"])
+    for name in ("HeaderRecord", "HeaderBatch", "AgentStats"):
+        schema = json.loads((ROOT / "schemas" / f"{name}.avsc").read_text())
+        fields = list(schema["fields"])
+        for f in schema["fields"]:
+            t = f["type"]
+            if isinstance(t, dict) and isinstance(t.get("items"), dict):
+                fields += t["items"]["fields"]
+        missing = {f["name"] for f in fields} - documented
+        assert not missing, (name, missing)
+        assert all(f.get("doc") for f in fields), name

@@ -1,9 +1,11 @@
-"""End to end on the real kernel, broker and registry.
+"""End to end on the real kernel, broker and registry, in both message shapes.
 
 Known 5-tuples cross a veth pair between two namespaces while the agent
 captures the host side; the records arrive in Kafka as Avro in the Confluent
-wire format, keyed by the host id, decodable with the schema fetched from the
-registry by the id in each message's 5-byte header.
+wire format (a HeaderBatch per message, or a HeaderRecord per message), keyed
+by the host id, decodable with the schema fetched from the registry by the id
+in each message's 5-byte header.  Every record carries its identity (capture,
+cpu, per-cpu sequence) and every message the instance's increasing sequence.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def _servers(veth) -> tuple[list[socket.socket], threading.Thread]:
     return socks, th
 
 
-def _read_all(stack, topic: str, count: int) -> list[Any]:
+def _read_all(stack, topic: str, count: int, per_message: Any = lambda m: 1) -> list[Any]:
+    """Every message of ``topic`` until they hold ``count`` records (``per_message`` counts one)."""
     consumer = Consumer({"bootstrap.servers": stack.bootstrap_servers,
                          "group.id": f"hdrlog-test-{uuid.uuid4().hex[:8]}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
@@ -91,12 +94,14 @@ def _read_all(stack, topic: str, count: int) -> list[Any]:
         parts = [TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions]
         consumer.assign(parts)
         msgs: list[Any] = []
+        held = [0]
 
         def more() -> bool:
             for m in consumer.consume(500, timeout=0.5):
                 assert m.error() is None, m.error()
                 msgs.append(m)
-            return len(msgs) >= count
+                held[0] += per_message(m)
+            return held[0] >= count
 
         wait_for(more, 60, f"{count} messages on {topic}", interval=0)
         assert not consumer.consume(10, timeout=1.0), "more messages than the agent delivered"
@@ -105,13 +110,14 @@ def _read_all(stack, topic: str, count: int) -> list[Any]:
         consumer.close()
 
 
-def test_known_flows_arrive_in_kafka(veth, stack, start_agent) -> None:
-    topic = f"hdrlog.test.e2e.{uuid.uuid4().hex[:8]}"
+@pytest.mark.parametrize("shape", ["batch", "record"])
+def test_known_flows_arrive_in_kafka(veth, stack, start_agent, shape: str) -> None:
+    topic = f"hdrlog.test.e2e.{shape}.{uuid.uuid4().hex[:8]}"
     host_id = f"test-host-{uuid.uuid4().hex[:6]}"
     socks, server = _servers(veth)
     agent = start_agent(veth.host_if, "--bootstrap-servers", stack.bootstrap_servers,
                         "--schema-registry", stack.registry_url, "--topic", topic,
-                        "--host-id", host_id, "--partitions", "3")
+                        "--host-id", host_id, "--partitions", "3", "--shape", shape)
     try:
         agent.wait_attached()
         veth.exec(["/usr/bin/python3", "-c", CLIENT, veth.host_ip, veth.host_ip6])
@@ -127,21 +133,44 @@ def test_known_flows_arrive_in_kafka(veth, stack, start_agent) -> None:
     # every record is accounted for: kernel and agent reconcile exactly
     assert k["seen"] == k["filtered"] + k["sampled_out"] + k["emitted"] + k["ringbuf_reserve_failed"]
     assert k["ringbuf_reserve_failed"] == 0
-    assert a["drained"] == k["emitted"] == a["decoded"] == a["produced"] == a["delivered"]
+    assert a["drained"] == k["emitted"] == a["encoded"] == a["buffered"] == a["produced"] == a["delivered"]
+    assert sum(v for name, v in a.items() if name.startswith("dropped_")) == 0
 
-    msgs = _read_all(stack, topic, a["delivered"])
     schemas: dict[int, Any] = {}
-    records = []
     with Registry(stack.registry_url) as registry:
-        for m in msgs:
-            assert m.key() == host_id.encode()
+        def decode(m: Any) -> dict[str, Any]:
             schema_id, body = parse_frame(m.value())
             if schema_id not in schemas:
-                text = registry.schema_text(schema_id)
-                schemas[schema_id] = fastavro.parse_schema(json.loads(text))
-            records.append(fastavro.schemaless_reader(io.BytesIO(body), schemas[schema_id]))
-    # one host -> one partition
+                schemas[schema_id] = fastavro.parse_schema(json.loads(registry.schema_text(schema_id)))
+            return fastavro.schemaless_reader(io.BytesIO(body), schemas[schema_id])
+
+        def per_message(m: Any) -> int:
+            datum = decode(m)
+            return len(datum["records"]) if shape == "batch" else 1
+
+        msgs = _read_all(stack, topic, a["delivered"], per_message)
+        data = [decode(m) for m in msgs]
+    assert all(m.key() == host_id.encode() for m in msgs)
+    # one host -> one partition, and this instance's sequence numbers increase strictly in it
     assert len({m.partition() for m in msgs}) == 1
+    assert len({d["agent_instance"] for d in data}) == 1
+    assert [d["sequence"] for d in data] == list(range(len(data)))
+    if shape == "batch":
+        assert len(msgs) == a["messages_delivered"] < a["delivered"]
+        records = [{**item, "host_id": d["host_id"], "capture_id": d["capture_id"]} for d in data
+                   for item in d["records"]]
+        for d in data:
+            ts = [r["timestamp_ns"] for r in d["records"]]
+            assert (d["first_timestamp_ns"], d["last_timestamp_ns"]) == (min(ts), max(ts))
+    else:
+        assert len(msgs) == a["messages_delivered"] == a["delivered"]
+        records = data
+    # identity: one capture; per CPU, the kernel's sequence runs 0, 1, 2, ... without a gap or repeat
+    assert {r["capture_id"] for r in records} == {summary["capture_id"]}
+    per_cpu: dict[int, list[int]] = {}
+    for r in records:
+        per_cpu.setdefault(r["capture_cpu"], []).append(r["capture_seq"])
+    assert all(sorted(seqs) == list(range(len(seqs))) for seqs in per_cpu.values()), per_cpu
 
     def ip(r: dict, key: str) -> str | None:
         return str(ipaddress.ip_address(r[key])) if r[key] is not None else None

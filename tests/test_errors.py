@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from tests.conftest import run_hdrlog
@@ -49,7 +51,7 @@ def test_unreachable_registry(veth, stack) -> None:
 def test_unreachable_broker(veth, stack) -> None:
     res = run_hdrlog("agent", "--iface", veth.host_if, "--schema-registry", stack.registry_url,
                      "--bootstrap-servers", "127.0.0.1:9", "--connect-timeout", "1",
-                     "--topic", "hdrlog.test.unreachable", "--duration", "1")
+                     "--topic", f"hdrlog.test.unreachable.{uuid.uuid4().hex[:8]}", "--duration", "1")
     assert _one_line_error(res).startswith("hdrlog: error: cannot reach Kafka at 127.0.0.1:9")
 
 
@@ -57,7 +59,7 @@ def test_bad_config_value_exit_2() -> None:
     res = run_hdrlog("agent", "--iface", "lo", "--ringbuf-pages", "1000", "--stdout")
     assert res.returncode == 2
     assert _one_line_error(res) == (
-        "hdrlog: error: invalid value for ringbuf_pages: 1000 is not a power of two")
+        "hdrlog: error: invalid value for capture.ringbuf_pages: 1000 is not a power of two")
 
 
 @pytest.mark.kernel

@@ -1,6 +1,6 @@
 """A flood that overruns the ring buffer: every missing record is counted.
 
-A one-page ring buffer (34 records) read every 2 s, and a burst of 3000
+A one-page ring buffer (32 records of 128-byte slots) read every 2 s, and a burst of 3000
 datagrams: the kernel cannot reserve most of them.  The quiet namespace pair
 carries nothing else, so the counts are exact.
 """
@@ -20,7 +20,7 @@ def test_ringbuf_overrun_is_counted_exactly(quiet_veth, start_agent, udp_sinks, 
     net = quiet_veth
     udp_sinks(6001)
     cfg = tmp_path / "agent.toml"
-    cfg.write_text("ringbuf_pages = 1\npoll_interval_ms = 2000\nwakeup_records = 1000000\n")
+    cfg.write_text("[capture]\nringbuf_pages = 1\npoll_interval_ms = 2000\nwakeup_records = 1000000\n")
     agent = start_agent(net.host_if, "--config", str(cfg), "--stdout")
     agent.wait_attached()
     n = 3000

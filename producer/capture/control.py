@@ -1,6 +1,6 @@
 """Run-time control of the loaded program: sampling and filters, no reload.
 
-Writes the config array and the filter maps (bpf/maps.h) from an AgentConfig.
+Writes the config array and the filter maps (bpf/maps.h) from a CaptureConfig.
 New entries are written before stale ones are removed and the active-filter
 bits are set last, so a change never passes through an "everything filtered"
 state.
@@ -12,8 +12,8 @@ import ctypes
 import ipaddress
 from typing import Any
 
-from producer.config import AgentConfig, port_range, protocol_number
-from producer.decode import layout
+from producer import abi
+from producer.config import CaptureConfig, port_range, protocol_number
 
 
 class CaptureControl:
@@ -25,12 +25,12 @@ class CaptureControl:
     def _set_config(self, index: int, value: int) -> None:
         self._bpf[b"config"][ctypes.c_int(index)] = ctypes.c_uint32(value)
 
-    def apply(self, cfg: AgentConfig) -> None:
-        self._set_config(layout.CFG_SAMPLE_RATE, cfg.sample_rate)
-        self._set_config(layout.CFG_WAKEUP_RECORDS, cfg.wakeup_records)
+    def apply(self, cfg: CaptureConfig) -> None:
+        self._set_config(abi.CFG_SAMPLE_RATE, cfg.sample_rate)
+        self._set_config(abi.CFG_WAKEUP_RECORDS, cfg.wakeup_records)
         nets: dict[int, dict[tuple[int, bytes], int]] = {4: {}, 6: {}}
-        for texts, verdict in ((cfg.include_cidrs, layout.CIDR_INCLUDE),
-                               (cfg.exclude_cidrs, layout.CIDR_EXCLUDE)):
+        for texts, verdict in ((cfg.include_cidrs, abi.CIDR_INCLUDE),
+                               (cfg.exclude_cidrs, abi.CIDR_EXCLUDE)):
             for text in texts:
                 net = ipaddress.ip_network(text, strict=False)
                 nets[net.version][(net.prefixlen, net.network_address.packed)] = verdict
@@ -46,14 +46,14 @@ class CaptureControl:
         self._sync_array(b"ports", ports, 65536)
         active = 0
         if cfg.include_cidrs:
-            active |= layout.FILTER_INCLUDE
+            active |= abi.FILTER_INCLUDE
         if protos:
-            active |= layout.FILTER_PROTOS
+            active |= abi.FILTER_PROTOS
         if ports:
-            active |= layout.FILTER_PORTS
+            active |= abi.FILTER_PORTS
         if cfg.drop_non_ip:
-            active |= layout.FILTER_DROP_L2
-        self._set_config(layout.CFG_FILTER, active)
+            active |= abi.FILTER_DROP_L2
+        self._set_config(abi.CFG_FILTER, active)
 
     def _sync_trie(self, name: bytes, want: dict[tuple[int, bytes], int], size: int) -> None:
         table = self._bpf[name]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from producer.decode import layout
+from producer import abi
 from producer.errors import CaptureError, PrivilegeError
 
 # CAP_NET_ADMIN=12, CAP_SYS_ADMIN=21, CAP_PERFMON=38, CAP_BPF=39
@@ -72,7 +72,7 @@ def check_kernel(release: str | None = None, modules: Path = Path("/lib/modules"
 
 @dataclass(frozen=True, slots=True)
 class ProgramOptions:
-    ringbuf_pages: int = 4096  # 16 MiB with 4 KiB pages
+    ringbuf_pages: int  # capture.ringbuf_pages: its one default is in producer/config.py
 
 
 class CaptureProgram:
@@ -125,9 +125,9 @@ class CaptureProgram:
         return int(self._events.max_entries)
 
     def counters(self) -> dict[str, int]:
-        """Kernel counters summed over CPUs, by name (layout.KERNEL_COUNTERS)."""
+        """Kernel counters summed over CPUs, by name (abi.KERNEL_COUNTERS)."""
         out: dict[str, int] = {}
-        for i, name in enumerate(layout.KERNEL_COUNTERS):
+        for i, name in enumerate(abi.KERNEL_COUNTERS):
             per_cpu = self._counters[ctypes.c_int(i)]
             out[name] = int(sum(per_cpu))
         return out

@@ -7,7 +7,14 @@ a record that wraps is still contiguous.  Because every record has the same
 size, the span between the consumer and producer positions is a regular
 array: one numpy view finds the committed prefix (busy bit clear) and copies
 it out in one call.  This is what lets the user-space side keep up with the
-kernel (DEVELOPERS.md: a Python callback per record costs ~4 us).
+kernel (BENCHMARKS.md: 3 to 5 times bcc's per-record callback).
+
+Reading and releasing are separate: ``drain`` copies records out and moves a
+private read position; the kernel's consumer position (what frees ring space)
+moves on ``release``.  With ``release_on_drain`` (the memory buffer) every
+drain releases at once; with a disk buffer the pipeline releases a position
+only once the records before it are stored, so a killed agent's successor
+finds every unstored record still in the ring (capture/pins.py).
 
 Assumes x86-64 (TSO) load ordering between the producer position, the record
 headers and the data, as libbpf's C reader does with explicit barriers.
@@ -32,7 +39,8 @@ _HDR = 8  # struct bpf_ringbuf_hdr { u32 len; u32 pg_off; }
 class RingBufferReader:
     """Consumer side of one BPF_MAP_TYPE_RINGBUF holding ``record_dtype`` records."""
 
-    def __init__(self, map_fd: int, size_bytes: int, record_dtype: np.dtype[Any]) -> None:
+    def __init__(self, map_fd: int, size_bytes: int, record_dtype: np.dtype[Any], *,
+                 release_on_drain: bool = True) -> None:
         if size_bytes <= 0 or size_bytes & (size_bytes - 1):
             raise CaptureError(f"ring buffer size {size_bytes} is not a power of two")
         page = mmap.PAGESIZE
@@ -62,13 +70,33 @@ class RingBufferReader:
         })
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
+        self._release_on_drain = release_on_drain
+        self._read = self._consumer_pos()  # where the next drain starts (>= the consumer position)
+        self.start_position = self._read  # a ring taken over may have been partly consumed already
 
     @property
     def size_bytes(self) -> int:
         return self._size
 
+    @property
+    def stride(self) -> int:
+        """Bytes one record takes in the ring (header included, 8-aligned)."""
+        return self._stride
+
     def pending_bytes(self) -> int:
+        """Bytes the kernel wrote that are not released yet (read or not)."""
         return self._producer_pos() - self._consumer_pos()
+
+    def unread_bytes(self) -> int:
+        return self._producer_pos() - self._read
+
+    def producer_position(self) -> int:
+        return self._producer_pos()
+
+    def release(self, position: int) -> None:
+        """Let the kernel reuse the ring up to ``position`` (a value from ``drain``); never backwards."""
+        if self._read >= position > self._consumer_pos():
+            self._cons_pos[0] = position
 
     def _consumer_pos(self) -> int:
         return int(self._cons_pos[0])
@@ -83,12 +111,17 @@ class RingBufferReader:
         except InterruptedError:
             return False
 
-    def drain(self, max_records: int = 1 << 20) -> npt.NDArray[Any]:
-        """Copy out every committed record (up to ``max_records``) and release them."""
-        cons = self._consumer_pos()
+    def drain(self, max_records: int = 1 << 20) -> tuple[npt.NDArray[Any], npt.NDArray[np.uint64]]:
+        """Copy out the committed records after the read position (up to ``max_records``).
+
+        Returns the records and, for each, the ring position just after it (what
+        ``release`` takes).  Releases at once when ``release_on_drain``.
+        """
+        cons = self._read
         avail = self._producer_pos() - cons
+        empty = (np.empty(0, dtype=self._slot["rec"]), np.empty(0, dtype=np.uint64))
         if avail <= 0:
-            return np.empty(0, dtype=self._slot["rec"])
+            return empty
         if avail % self._stride:
             raise CaptureError(
                 f"ring buffer holds {avail} bytes, not a whole number of {self._stride}-byte "
@@ -101,7 +134,7 @@ class RingBufferReader:
         busy = np.flatnonzero(lens & _BUSY)
         ready = int(busy[0]) if busy.size else n
         if ready == 0:
-            return np.empty(0, dtype=self._slot["rec"])
+            return empty
         lens = lens[:ready]
         keep = (lens & _DISCARD) == 0
         bad = np.flatnonzero(keep & ((lens & ~np.uint32(_BUSY | _DISCARD)) != self._rec_size))
@@ -110,10 +143,17 @@ class RingBufferReader:
                 f"ring buffer record of {int(lens[bad[0]] & 0xFFFFFFF)} bytes, expected "
                 f"{self._rec_size}: the kernel program and this reader disagree on the layout"
             )
-        out = slots["rec"][:ready][keep].copy() if not keep.all() else slots["rec"][:ready].copy()
+        ends = np.arange(1, ready + 1, dtype=np.uint64) * np.uint64(self._stride) + np.uint64(cons)
+        if keep.all():
+            out = slots["rec"][:ready].copy()
+        else:
+            out = slots["rec"][:ready][keep].copy()
+            ends = ends[keep]
         del slots, lens
-        self._cons_pos[0] = cons + ready * self._stride
-        return out
+        self._read = cons + ready * self._stride
+        if self._release_on_drain:
+            self._cons_pos[0] = self._read
+        return out, ends
 
     def close(self) -> None:
         del self._cons_pos, self._prod_pos  # release the exports before unmapping

@@ -1,10 +1,10 @@
-"""Sample consumer: read the topic with a consumer group, decode through the
-registry (schema fetched by the id in each message's 5-byte header), print one
-JSON object per header record.
+"""Console consumer: read the topic with a consumer group, decode through the
+registry (consumer/decoding.py: both message shapes, every schema version),
+print one JSON object (or one readable line) per header record.
 
-Offsets are committed after a record has been written out, so a crash re-reads
-rather than skips.  Stops after ``max_records`` or when no message has arrived
-for ``idle_timeout_s``.
+Offsets are committed after a message's records have been written out, so a
+crash re-reads rather than skips.  Stops after ``max_records`` records or when
+no message has arrived for ``idle_timeout_s``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
-from confluent_kafka.schema_registry.avro import AvroDeserializer
-from confluent_kafka.serialization import MessageField, SerializationContext
 
+from producer.consumer.decoding import MessageDecoder
 from producer.errors import BrokerError, SerializationError
-from producer.records import render, summary_line
+from producer.render import render, summary_line
 from producer.serialize.registry import Registry
 
 
@@ -46,7 +45,7 @@ class ConsumeReport:
 def consume(opts: ConsumeOptions, out: TextIO, *,
             on_record: Callable[[dict[str, Any], Message], None] | None = None) -> ConsumeReport:
     registry = Registry(opts.schema_registry, opts.registry)
-    deserializer = AvroDeserializer(registry.client)
+    decoder = MessageDecoder(registry)
     conf: dict[str, Any] = {
         "bootstrap.servers": opts.bootstrap_servers,
         "group.id": opts.group,
@@ -80,18 +79,18 @@ def consume(opts: ConsumeOptions, out: TextIO, *,
                 raise BrokerError(f"consuming {opts.topic}: {err.str()}")
             last = time.monotonic()
             try:
-                record = deserializer(msg.value(), SerializationContext(opts.topic, MessageField.VALUE))
-            except Exception as exc:  # the deserializer raises several library types
+                records = decoder.records(msg.value() or b"")
+            except SerializationError as exc:
                 raise SerializationError(
-                    f"message at {msg.topic()}[{msg.partition()}]@{msg.offset()} "
-                    f"cannot be decoded: {exc}") from exc
-            out.write((summary_line(record) if opts.text else
-                       json.dumps(render(record), separators=(",", ":"))) + "\n")
+                    f"message at {msg.topic()}[{msg.partition()}]@{msg.offset()} cannot be decoded: {exc}") from exc
+            for record in records:
+                out.write((summary_line(record) if opts.text else
+                           json.dumps(render(record), separators=(",", ":"))) + "\n")
+                if on_record is not None:
+                    on_record(record, msg)
             out.flush()
-            if on_record is not None:
-                on_record(record, msg)
             consumer.commit(message=msg, asynchronous=False)
-            report.records += 1
+            report.records += len(records)
     finally:
         consumer.close()
         registry.close()

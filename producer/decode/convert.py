@@ -1,8 +1,11 @@
-"""Kernel records (numpy, bpf/record.h layout) -> HeaderRecord dicts.
+"""Kernel records (numpy, bpf/record.h layout) -> dicts of the schemas' fields.
 
-The dicts have exactly the fields of schemas/HeaderRecord.avsc (the data
-contract); a field whose presence bit is clear is None.  Work is done per
-column with numpy and the per-record step is a single dict build.
+``columns()`` gives every per-packet field of schemas/HeaderBatch.avsc's
+PacketHeader (a field whose presence bit is clear is None), computed per
+column with numpy; ``rows()`` zips them into one dict per record, with any
+constant fields added (``host_id`` and the identity for a HeaderRecord).
+This is the reference path (fastavro takes dicts) and the one --stdout and the
+console use; the per-record dict is what the fast encoder avoids.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from producer.decode import layout
+from producer import abi
 
 HeaderRecord = dict[str, Any]
 """One record as the Avro schema defines it (field name -> value)."""
@@ -65,17 +68,19 @@ class MonotonicToWall:
 
 
 class RecordDecoder:
-    """Turns a drained array of kernel records into HeaderRecord dicts."""
+    """Turns arrays of kernel records into the schemas' per-packet fields."""
 
-    def __init__(self, host_id: str, names: InterfaceNames, clock: MonotonicToWall) -> None:
-        self._host_id = host_id
+    def __init__(self, names: InterfaceNames, clock: MonotonicToWall) -> None:
         self._names = names
         self._clock = clock
 
-    def decode(self, arr: npt.NDArray[Any]) -> list[HeaderRecord]:
+    def decode(self, arr: npt.NDArray[Any], **constants: Any) -> list[HeaderRecord]:
+        """One dict per record: the packet fields plus ``constants`` (the same in every dict)."""
+        return rows(self.columns(arr), constants)
+
+    def columns(self, arr: npt.NDArray[Any]) -> dict[str, list[Any]]:
+        """Every PacketHeader field, as one list per field."""
         n = len(arr)
-        if n == 0:
-            return []
         flags = arr["flags"].astype(np.uint32)
 
         def opt(col: str, bit: int) -> list[Any]:
@@ -96,7 +101,7 @@ class RecordDecoder:
         ifindex = arr["ifindex"].tolist()
         ifnames = [self._names.name(i) for i in ifindex]
         ipver = arr["ip_version"]
-        has_ip = (flags & layout.F_IP) != 0
+        has_ip = (flags & abi.F_IP) != 0
         alen = np.where(ipver == 6, 16, 4)
         src_raw = arr["src_ip"]
         dst_raw = arr["dst_ip"]
@@ -118,32 +123,42 @@ class RecordDecoder:
             "dst_mac": [bytes(m) for m in arr["dst_mac"].tolist()],
             "vlan_ids": [v[:c] for v, c in zip(vlans, vlan_n, strict=True)],
             "ether_type": arr["ether_type"].tolist(),
-            "ip_version": opt("ip_version", layout.F_IP),
+            "ip_version": opt("ip_version", abi.F_IP),
             "src_ip": src_ip,
             "dst_ip": dst_ip,
-            "ip_proto": opt("ip_proto", layout.F_IP),
-            "ttl": opt("ttl", layout.F_IP),
+            "ip_proto": opt("ip_proto", abi.F_IP),
+            "ttl": opt("ttl", abi.F_IP),
             "dscp": [None if not h else int(t) >> 2 for t, h in zip(tos.tolist(), has_ip.tolist(), strict=True)],
             "ecn": [None if not h else int(t) & 3 for t, h in zip(tos.tolist(), has_ip.tolist(), strict=True)],
-            "ip_total_length": opt("ip_total_length", layout.F_IP),
-            "ip_id": opt("ip_id", layout.F_IP_ID),
-            "dont_fragment": boolean(layout.F_DF, layout.F_FRAG),
-            "more_fragments": boolean(layout.F_MF, layout.F_FRAG),
-            "fragment_offset": opt("fragment_offset", layout.F_FRAG),
-            "src_port": opt("src_port", layout.F_PORTS),
-            "dst_port": opt("dst_port", layout.F_PORTS),
-            "tcp_flags": opt("tcp_flags", layout.F_TCP),
-            "tcp_seq": opt("tcp_seq", layout.F_TCP),
-            "tcp_ack": opt("tcp_ack", layout.F_TCP),
-            "tcp_window": opt("tcp_window", layout.F_TCP),
-            "icmp_type": opt("icmp_type", layout.F_ICMP),
-            "icmp_code": opt("icmp_code", layout.F_ICMP),
+            "ip_total_length": opt("ip_total_length", abi.F_IP),
+            "ip_id": opt("ip_id", abi.F_IP_ID),
+            "dont_fragment": boolean(abi.F_DF, abi.F_FRAG),
+            "more_fragments": boolean(abi.F_MF, abi.F_FRAG),
+            "fragment_offset": opt("fragment_offset", abi.F_FRAG),
+            "src_port": opt("src_port", abi.F_PORTS),
+            "dst_port": opt("dst_port", abi.F_PORTS),
+            "tcp_flags": opt("tcp_flags", abi.F_TCP),
+            "tcp_seq": opt("tcp_seq", abi.F_TCP),
+            "tcp_ack": opt("tcp_ack", abi.F_TCP),
+            "tcp_window": opt("tcp_window", abi.F_TCP),
+            "icmp_type": opt("icmp_type", abi.F_ICMP),
+            "icmp_code": opt("icmp_code", abi.F_ICMP),
             "packet_length": arr["pkt_len"].tolist(),
             "gso_segments": arr["gso_segments"].tolist(),
-            "truncated": ((flags & layout.F_TRUNCATED) != 0).tolist(),
-            "parse_anomaly": ((flags & layout.F_ANOMALY) != 0).tolist(),
+            "truncated": ((flags & abi.F_TRUNCATED) != 0).tolist(),
+            "parse_anomaly": ((flags & abi.F_ANOMALY) != 0).tolist(),
             "sample_rate": arr["sample_rate"].tolist(),
+            "capture_cpu": arr["cpu"].tolist(),
+            "capture_seq": arr["seq"].tolist(),
         }
-        names = ["host_id", *columns]
-        host = [self._host_id] * n
-        return [dict(zip(names, row, strict=True)) for row in zip(host, *columns.values(), strict=True)]
+        return columns
+
+
+def rows(columns: dict[str, list[Any]], constants: dict[str, Any] | None = None) -> list[HeaderRecord]:
+    """Zip per-field lists into one dict per record, each with ``constants`` added."""
+    names = [*(constants or {}), *columns]
+    if not columns:
+        return []
+    n = len(next(iter(columns.values())))
+    fixed = [[v] * n for v in (constants or {}).values()]
+    return [dict(zip(names, row, strict=True)) for row in zip(*fixed, *columns.values(), strict=True)]

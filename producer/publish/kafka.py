@@ -1,29 +1,50 @@
-"""Kafka producer wrapper: delivery reports drive the counters.
+"""The Kafka publisher: buffer entries -> librdkafka -> acknowledgements.
 
-Idempotent, ``acks=all``, zstd; the key is the host id and the partitioner is
-murmur2 (the Java client's), so one host's records land in one partition in
-order whatever client reads or writes the topic.  Any librdkafka property can
-be passed through from the config (TLS, SASL, ...).
+Idempotent, ``acks=all``; the key is the host id and the partitioner is
+murmur2 (the Java client's), so one host's messages land in one partition, in
+order, whatever client reads or writes the topic.  Any librdkafka property can
+be passed through (``[kafka.properties]``: TLS, SASL, ``message.timeout.ms``).
 
-Blocks on a full local queue (serving delivery reports while it waits), never
-drops there.  A delivery that fails for good is counted as
-``dropped_delivery_failed``; the spool that will keep such batches is a later
-stage (docs/architecture.md).
+Delivery, in order and never silently lost:
+
+* Entries are taken from the buffer oldest first and produced; librdkafka's
+  local queue is bounded (``queue.buffering.max.kbytes``) and a full one is
+  waited on (serving delivery reports), never dropped.
+* An entry is acknowledged to the buffer (and leaves it) only when every one of
+  its messages is delivered, or failed permanently and went to the dead-letter
+  file (``Drop.DEAD_LETTER``).
+* A retriable failure (broker down, ``message.timeout.ms`` expired, a fatal
+  idempotence error, ...) *holds* the publisher: nothing new is produced, what
+  is still queued locally is purged (it comes back as failed), and once nothing
+  is in flight the buffer is rewound and every unacknowledged entry is sent
+  again in its original order, after a backoff.  So the first occurrences of
+  one instance's sequence numbers increase within the partition across
+  outages; re-sent messages can repeat (at-least-once) with the same identity.
+
+Exit is bounded: after ``begin_exit(deadline)`` the publisher stops at the
+deadline; what a memory buffer still holds is ``Drop.UNFLUSHED_AT_EXIT``, what
+a disk buffer holds stays there for the next start (``Stat.LEFT_IN_BUFFER``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from producer.buffer.base import Buffer
 from producer.errors import BrokerError
-from producer.telemetry.counters import Counters
+from producer.publish.deadletter import DeadLetters
+from producer.records import Encoded
+from producer.telemetry.events import Drop, Stat, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -31,101 +52,289 @@ DEFAULTS: Mapping[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
     "compression.type": "zstd",
-    "linger.ms": 20,
+    "linger.ms": 5,  # the batcher already waited; this only gathers one entry's messages
     "batch.num.messages": 10000,
     "partitioner": "murmur2_random",
     "message.timeout.ms": 120000,
+    "queue.buffering.max.kbytes": 32768,  # librdkafka's own queue; the buffer holds the rest
 }
 
+#: delivery errors a retry cannot fix: the message goes to the dead-letter file
+PERMANENT = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.INVALID_RECORD, KafkaError.POLICY_VIOLATION, KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+    KafkaError.INVALID_REQUIRED_ACKS, KafkaError._INVALID_ARG, KafkaError.TOPIC_EXCEPTION,
+})
+MAX_BACKOFF_S = 30.0
 
-def _first_line(exc: BaseException) -> str:
+
+def is_permanent(err: KafkaError) -> bool:
+    """Classified here, where librdkafka's errors enter: everything not known to be permanent is retried."""
+    return err.code() in PERMANENT
+
+
+def first_line(exc: BaseException) -> str:
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
         return str(exc.args[0].str())
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+def producer_config(bootstrap_servers: str, properties: Mapping[str, str]) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap_servers, **DEFAULTS, **properties}
+
+
+@dataclass
+class _Flight:
+    """One entry being delivered: its messages' outcomes as they come back."""
+
+    entry_id: int
+    entry: Encoded
+    on_done: Callable[[_Flight], None]
+    remaining: int = 0
+    produced_all: bool = False
+    next_message: int = 0
+    delivered_records: int = 0
+    delivered_messages: int = 0
+    retry: KafkaError | None = None
+    dead: list[tuple[bytes, KafkaError, int]] = field(default_factory=list)
+
+    def __call__(self, err: KafkaError | None, msg: Any) -> None:
+        """librdkafka's delivery report for one message of the entry (on the publisher thread)."""
+        self.remaining -= 1
+        records = self.entry.records if self.entry.offsets is None else 1
+        if err is None:
+            self.delivered_records += records
+            self.delivered_messages += 1
+        elif is_permanent(err):
+            self.dead.append((bytes(msg.value() or b""), err, records))
+        elif self.retry is None:
+            self.retry = err
+        if self.remaining == 0 and self.produced_all:
+            self.on_done(self)
+
+
 class KafkaPublisher:
-    """Publishes framed messages to one topic; counts every outcome."""
+    """Publisher stage: takes entries from the buffer until it is exhausted or the exit deadline passes."""
 
-    def __init__(
-        self,
-        bootstrap_servers: str,
-        topic: str,
-        counters: Counters,
-        properties: Mapping[str, str] | None = None,
-    ) -> None:
-        self.topic = topic
+    name = "publish"
+
+    def __init__(self, bootstrap_servers: str, properties: Mapping[str, str], buffer: Buffer,
+                 telemetry: Telemetry, dead_letters: DeadLetters, *, retry_backoff_s: float = 1.0,
+                 producer_factory: Callable[[dict[str, Any]], Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.bootstrap_servers = bootstrap_servers
-        self._counters = counters
-        self._conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, **DEFAULTS}
-        self._conf.update(properties or {})
+        self._conf = producer_config(bootstrap_servers, properties)
+        self._conf["error_cb"] = self._on_error
+        self._factory = producer_factory or (lambda conf: Producer(conf, logger=log))
+        self._buffer = buffer
+        self._tel = telemetry
+        self._dead = dead_letters
+        self._backoff0 = retry_backoff_s
+        self._backoff = retry_backoff_s
+        self._clock = clock
+        self._flights: dict[int, _Flight] = {}
+        self._partial: _Flight | None = None  # an entry whose messages did not all fit librdkafka's queue
+        self._hold: KafkaError | None = None
+        self._fatal = False
+        self._exit_at: float | None = None
+        self._stop = threading.Event()
         try:
-            self._producer = Producer(self._conf, logger=log)
+            self._producer = self._factory(self._conf)
         except KafkaException as exc:
-            raise BrokerError(f"invalid Kafka settings: {_first_line(exc)}") from exc
+            raise BrokerError(f"invalid Kafka settings: {first_line(exc)}") from exc
 
-    def _admin_conf(self) -> dict[str, Any]:
-        keep = ("bootstrap.servers", "security.protocol", "ssl.", "sasl.", "client.id")
-        return {k: v for k, v in self._conf.items() if k.startswith(keep)}
+    # -- start-up ------------------------------------------------------------------
 
     def check_reachable(self, timeout_s: float) -> None:
         """Raise a retriable BrokerError unless cluster metadata arrives in time."""
         try:
             self._producer.list_topics(timeout=max(timeout_s, 0.5))
         except KafkaException as exc:
-            raise BrokerError(
-                f"cannot reach Kafka at {self.bootstrap_servers}: {_first_line(exc)}",
-                retriable=True,
-            ) from exc
+            raise BrokerError(f"cannot reach Kafka at {self.bootstrap_servers}: {first_line(exc)}",
+                              retriable=True) from exc
 
-    def ensure_topic(self, partitions: int, timeout_s: float = 15.0) -> None:
-        """Create the topic (broker-default replication) unless it exists."""
+    def ensure_topic(self, topic: str, partitions: int, timeout_s: float = 15.0) -> None:
+        """Create ``topic`` (broker-default replication) unless it exists."""
         try:
             meta = self._producer.list_topics(timeout=timeout_s)
         except KafkaException as exc:
-            raise BrokerError(f"cannot read metadata from {self.bootstrap_servers}: {_first_line(exc)}",
+            raise BrokerError(f"cannot read metadata from {self.bootstrap_servers}: {first_line(exc)}",
                               retriable=True) from exc
-        if self.topic in meta.topics and not meta.topics[self.topic].error:
+        if topic in meta.topics and not meta.topics[topic].error:
             return
-        admin = AdminClient(self._admin_conf())
-        fut = admin.create_topics([NewTopic(self.topic, num_partitions=partitions)])[self.topic]
+        keep = ("bootstrap.servers", "security.protocol", "ssl.", "sasl.", "client.id")
+        admin = AdminClient({k: v for k, v in self._conf.items() if k.startswith(keep)})
+        fut = admin.create_topics([NewTopic(topic, num_partitions=partitions)])[topic]
         try:
             fut.result(timeout=timeout_s)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 return
-            raise BrokerError(f"cannot create topic {self.topic}: {_first_line(exc)}") from exc
+            raise BrokerError(f"cannot create topic {topic}: {first_line(exc)}") from exc
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is None:
-            self._counters.add("delivered")
-            return
-        self._counters.add("dropped_delivery_failed")
-        log.error("delivery failed: %s", err.str())
+    # -- side messages (AgentStats) --------------------------------------------------
 
-    def publish(self, key: bytes, value: bytes, give_up: Callable[[], bool] = lambda: False) -> bool:
-        """Queue one message; when librdkafka's queue is full, wait for room (serving
-        delivery reports) until ``give_up()`` says the exit deadline has passed.
-        Returns whether the message was queued."""
-        while True:
+    def publish_side(self, topic: str, key: bytes, value: bytes, done: Callable[[bool], None]) -> bool:
+        """Produce one message outside the buffer (telemetry); ``done(ok)`` on its report. Thread-safe."""
+        try:
+            self._producer.produce(topic, value=value, key=key,
+                                   on_delivery=lambda err, _msg: done(err is None))
+            return True
+        except (BufferError, KafkaException):
+            return False
+
+    # -- the stage -------------------------------------------------------------------
+
+    def begin_exit(self, deadline: float) -> None:
+        """Deliver what is buffered until ``deadline`` (monotonic), then stop."""
+        self._exit_at = deadline
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._flights)
+
+    @property
+    def holding(self) -> bool:
+        return self._hold is not None
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self._exit_at is not None and self._clock() >= self._exit_at:
+                    break
+                if self._buffer.exhausted and not self._flights:
+                    break
+                if self._hold is not None:
+                    self._serve_hold()
+                    continue
+                flight = self._partial or self._next()
+                if flight is not None:
+                    self._produce(flight)
+                self._producer.poll(0)
+        finally:
+            self._finish()
+
+    def _next(self) -> _Flight | None:
+        item = self._buffer.take(0.05 if self._flights else 0.2)
+        if item is None:
+            self._producer.poll(0.05 if self._flights else 0)
+            return None
+        entry_id, entry = item
+        return _Flight(entry_id, entry, self._done)
+
+    def _produce(self, flight: _Flight) -> None:
+        values = flight.entry.values()
+        self._flights[flight.entry_id] = flight
+        self._partial = flight
+        while flight.next_message < len(values):
+            if self._hold is not None:  # a failure came back meanwhile: send no more of it
+                flight.retry = flight.retry or self._hold
+                break
             try:
-                self._producer.produce(self.topic, value=value, key=key, on_delivery=self._on_delivery)
-                self._counters.add("produced")
-                return True
+                self._producer.produce(flight.entry.topic, value=values[flight.next_message],
+                                       key=flight.entry.key, on_delivery=flight)
             except BufferError:
-                if give_up():
-                    return False
-                self._counters.add("producer_queue_full_waits")
+                self._tel.add(Stat.PRODUCER_QUEUE_FULL_WAITS)
                 self._producer.poll(0.05)
+                if self._exit_at is not None and self._clock() >= self._exit_at:
+                    return  # stays partial; counted at exit
+                continue
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is not None and is_permanent(err):  # refused locally (too large for message.max.bytes)
+                    flight.dead.append((values[flight.next_message], err, flight.entry.message_records()[
+                        flight.next_message]))
+                    flight.next_message += 1
+                    continue
+                self._fatal = True  # a fatal producer state: start over with a new producer
+                self._begin_hold(err, first_line(exc))
+                flight.retry = flight.retry or self._hold
+                break
+            flight.remaining += 1
+            flight.next_message += 1
+            self._tel.add(Stat.MESSAGES_PRODUCED)
+            self._tel.add(Stat.PRODUCED, flight.entry.message_records()[flight.next_message - 1])
+        flight.produced_all = True
+        self._partial = None
+        if flight.remaining == 0:
+            self._done(flight)
 
-    def poll(self, timeout_s: float = 0.0) -> None:
-        self._producer.poll(timeout_s)
+    def _done(self, flight: _Flight) -> None:
+        """Every message of ``flight`` has an outcome (or will never be sent)."""
+        self._flights.pop(flight.entry_id, None)
+        entry = flight.entry
+        if flight.retry is not None:
+            self._tel.add(Stat.REQUEUED, entry.records)
+            if flight.retry.fatal():
+                self._fatal = True
+            self._begin_hold(flight.retry, flight.retry.str())
+            return
+        self._tel.add(Stat.DELIVERED, flight.delivered_records)
+        self._tel.add(Stat.MESSAGES_DELIVERED, flight.delivered_messages)
+        if flight.delivered_messages:
+            self._tel.broker_up()
+            self._backoff = self._backoff0
+            if entry.captured_ns:
+                self._tel.delivered_after(max(0.0, (time.monotonic_ns() - entry.captured_ns) / 1e9))
+        if flight.dead:
+            for value, err, records in flight.dead:
+                self._dead.write(entry.topic, entry.key, value, err.name(), err.str(), records)
+            lost = sum(r for _v, _e, r in flight.dead)
+            self._tel.delivery_failed(flight.dead[0][1].str(), retriable=False)
+            self._tel.drop(Drop.DEAD_LETTER, lost,
+                           f"Kafka refused for good ({flight.dead[0][1].name()}); kept in {self._dead.path}")
+        self._buffer.ack([flight.entry_id])
 
-    def flush(self, timeout_s: float) -> int:
-        """Deliver what is queued within ``timeout_s``; returns how many are still queued."""
-        deadline = time.monotonic() + timeout_s
-        remaining = len(self._producer)
-        while remaining and time.monotonic() < deadline:
-            remaining = self._producer.flush(min(0.5, max(deadline - time.monotonic(), 0.0)))
-        return int(remaining)
+    def _begin_hold(self, err: KafkaError | None, text: str) -> None:
+        if self._hold is None:
+            self._hold = err or KafkaError(KafkaError._FATAL, text, fatal=True)
+            self._tel.delivery_failed(text, retriable=True)
+            self._tel.broker_down(text)
+            # what librdkafka still queues locally comes back as failed (ERR__PURGE_QUEUE): no message
+            # produced after the failure can overtake the ones that failed
+            with contextlib.suppress(KafkaException):
+                self._producer.purge(in_queue=True, in_flight=False, blocking=False)
+
+    def _serve_hold(self) -> None:
+        """Wait for every entry in flight to resolve; then rewind, back off, and resume."""
+        if self._flights:
+            self._producer.poll(0.1)
+            return
+        if self._fatal:
+            log.warning("re-creating the Kafka producer after a fatal error")
+            self._producer.flush(0)
+            self._producer = self._factory(self._conf)
+            self._fatal = False
+        again = self._buffer.rewind()
+        self._tel.add(Stat.DELIVERY_RETRIES)
+        log.info("re-sending %d records in %.1fs (%s)", again, self._backoff, self._hold.str() if self._hold else "")
+        end = self._clock() + self._backoff
+        while self._clock() < end and not self._stop.is_set():
+            if self._exit_at is not None and self._clock() >= self._exit_at:
+                break
+            self._producer.poll(0.1)
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
+        self._hold = None
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self._tel.broker_down(err.str())
+        log.warning("kafka: %s", err.str())
+
+    def _finish(self) -> None:
+        """Exit: deliver within the deadline what is in flight; count or keep the rest."""
+        left = max(0.0, (self._exit_at or self._clock()) - self._clock())
+        end = self._clock() + left
+        while self._flights and self._clock() < end:
+            self._producer.poll(min(0.1, max(0.0, end - self._clock())))
+        # what is still unresolved stays unacknowledged: the buffer decides what that means
+        self._flights.clear()
+        self._partial = None
+
+    def close(self) -> None:
+        self._producer.flush(0)

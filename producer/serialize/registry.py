@@ -6,13 +6,18 @@ incompatible schema, a bad subject) are not and carry the registry's reason.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
+import httpx2
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from producer.errors import RegistryError
+from producer.serialize.schemas import Subject
 
 
 def _classify(exc: Exception, url: str, what: str) -> RegistryError:
@@ -33,6 +38,7 @@ class Registry:
         conf: dict[str, Any] = {"url": url, "timeout": 10}
         conf.update(properties or {})
         self.url = url
+        self._props = dict(properties or {})
         try:
             self._client = SchemaRegistryClient(conf)
         except (ValueError, TypeError) as exc:
@@ -58,8 +64,123 @@ class Registry:
         except Exception as exc:  # httpx/requests transport errors vary by version
             raise _classify(exc, self.url, f"registering {subject}") from exc
 
+    def lookup(self, subject: Subject) -> int:
+        """The id of ``subject.schema`` under ``subject``; a non-retriable error naming the gap if absent."""
+        try:
+            found = self._client.lookup_schema(subject.name, Schema(subject.schema.text, "AVRO"))
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                raise RegistryError(
+                    f"schema {subject.schema.name} is not registered under {subject.name} "
+                    f"(registry.auto_register is false): the registry says \"{exc.error_message}\"; "
+                    "register it with `hdrlog schemas register`") from exc
+            raise _classify(exc, self.url, f"looking up {subject.name}") from exc
+        except Exception as exc:
+            raise _classify(exc, self.url, f"looking up {subject.name}") from exc
+        if found.schema_id is None:
+            raise RegistryError(f"the registry gave no id for {subject.name}")
+        return int(found.schema_id)
+
+    def check(self, subject: Subject) -> Compatibility:
+        """Test ``subject.schema`` against the subject's latest version under the registry's rules."""
+        name = quote(subject.name, safe="")
+        body = {"schema": subject.schema.text}
+        versions = self._get(f"/subjects/{name}/versions", missing=[])
+        if not versions:
+            return Compatibility(subject.name, False, False, True, "")
+        try:
+            self._client.lookup_schema(subject.name, Schema(subject.schema.text, "AVRO"))
+            return Compatibility(subject.name, True, True, True, "")
+        except SchemaRegistryError as exc:
+            if exc.http_status_code != 404:
+                raise _classify(exc, self.url, f"looking up {subject.name}") from exc
+        answer = self._post(f"/compatibility/subjects/{name}/versions/latest?verbose=true", body)
+        if answer.get("is_compatible"):
+            return Compatibility(subject.name, True, False, True, "")
+        reason = "; ".join(str(m) for m in answer.get("messages") or []) or self._dry_run_reason(subject)
+        level = self._get(f"/config/{name}?defaultToGlobal=true", missing={}).get("compatibilityLevel", "?")
+        return Compatibility(subject.name, True, False, False,
+                             f"not {level}-compatible with the latest version: {reason or 'no detail given'}")
+
+    def _dry_run_reason(self, subject: Subject) -> str:
+        """Apicurio's ccompat API gives no reason; its own API does, for a dry-run of the new version."""
+        marker = "/apis/ccompat/"
+        if marker not in self.url:
+            return ""
+        base = self.url.split(marker)[0] + "/apis/registry/v3"
+        url = f"{base}/groups/default/artifacts/{quote(subject.name, safe='')}/versions?dryRun=true"
+        try:
+            r = self._request("POST", url, {"content": {"content": subject.schema.text,
+                                                         "contentType": "application/json"}})
+            doc = r.json()
+        except (httpx2.HTTPError, ValueError):
+            return ""
+        causes = doc.get("causes") or []
+        return ", ".join(f"{c.get('description')} at {c.get('context')}" for c in causes) or str(doc.get("detail", ""))
+
+    def _request(self, method: str, url: str, body: dict[str, Any] | None = None) -> httpx2.Response:
+        """One plain HTTP call with the client's credentials and TLS settings (for what its API lacks)."""
+        with self._http() as client:
+            return client.request(method, url, json=body)
+
+    def _http(self) -> httpx2.Client:
+        auth = self._props.get("basic.auth.user.info")
+        user, _, password = (auth or "").partition(":")
+        verify: Any = self._props.get("ssl.ca.location", True)
+        cert: Any = None
+        if self._props.get("ssl.certificate.location"):
+            key = self._props.get("ssl.key.location")
+            cert = (self._props["ssl.certificate.location"], key) if key else self._props["ssl.certificate.location"]
+        return httpx2.Client(auth=(user, password) if auth else None, verify=verify, cert=cert, timeout=10)
+
+    def _get(self, path: str, missing: Any) -> Any:
+        try:
+            r = self._request("GET", self.url.rstrip("/") + path)
+        except httpx2.HTTPError as exc:
+            raise RegistryError(f"cannot reach schema registry at {self.url}: {exc}", retriable=True) from exc
+        if r.status_code == 404:
+            return missing
+        return self._json(r, path)
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        try:
+            r = self._request("POST", self.url.rstrip("/") + path, body)
+        except httpx2.HTTPError as exc:
+            raise RegistryError(f"cannot reach schema registry at {self.url}: {exc}", retriable=True) from exc
+        return self._json(r, path)
+
+    def _json(self, r: httpx2.Response, path: str) -> Any:
+        try:
+            doc = r.json()
+        except json.JSONDecodeError:
+            doc = {}
+        if r.status_code >= 400:
+            raise RegistryError(f"schema registry at {self.url} refused {path}: "
+                                f"{doc.get('message', r.text[:200])} (HTTP {r.status_code})",
+                                retriable=r.status_code >= 500)
+        return doc
+
     def schema_text(self, schema_id: int) -> str:
         try:
             return str(self._client.get_schema(schema_id).schema_str)
         except Exception as exc:
             raise _classify(exc, self.url, f"schema id {schema_id}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Compatibility:
+    """What the registry says of a local schema against a subject's latest version."""
+
+    subject: str
+    exists: bool  # the subject has a version already
+    registered: bool  # this exact schema is already a version of the subject
+    compatible: bool
+    reason: str  # the registry's words when not compatible
+
+
+def resolve(registry: Registry, subject: Subject, auto_register: bool) -> int:
+    """The schema id to frame messages with: registered now, or (auto_register off) looked up."""
+    if auto_register:
+        return registry.register(subject.name, subject.schema.text)
+    return registry.lookup(subject)
+

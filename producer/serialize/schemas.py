@@ -1,4 +1,10 @@
-"""The Avro schemas of schemas/ (the data contract), loaded and parsed once."""
+"""The Avro schemas of schemas/ (the data contract), and which subject each goes under.
+
+Subjects follow TopicNameStrategy: the value schema of topic T is registered
+under ``T-value``.  The header topic carries HeaderBatch (``kafka.shape =
+batch``) or HeaderRecord (``record``); the two cannot share a topic, and the
+registry's compatibility check refuses a switch of shape on one.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,9 @@ from typing import Any
 import fastavro
 
 from producer.errors import SerializationError
+
+#: the schema of each message shape
+SHAPE_SCHEMAS = {"batch": "HeaderBatch", "record": "HeaderRecord"}
 
 
 def schema_dir() -> Path:
@@ -29,9 +38,33 @@ class AvroSchema:
     @classmethod
     def load(cls, name: str, directory: Path | None = None) -> AvroSchema:
         path = (directory or schema_dir()) / f"{name}.avsc"
+        return cls.from_file(name, path)
+
+    @classmethod
+    def from_file(cls, name: str, path: Path) -> AvroSchema:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             parsed = fastavro.parse_schema(raw)
         except (OSError, ValueError, fastavro.schema.SchemaParseException) as exc:
             raise SerializationError(f"schema {path} cannot be used: {exc}") from exc
         return cls(name, json.dumps(raw, separators=(",", ":")), parsed)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """One schema under one subject (TopicNameStrategy)."""
+
+    topic: str
+    schema: AvroSchema
+
+    @property
+    def name(self) -> str:
+        return f"{self.topic}-value"
+
+
+def agent_subjects(topic: str, shape: str, stats_topic: str) -> list[Subject]:
+    """The subjects an agent writes: the header topic's, and the stats topic's if there is one."""
+    out = [Subject(topic, AvroSchema.load(SHAPE_SCHEMAS[shape]))]
+    if stats_topic:
+        out.append(Subject(stats_topic, AvroSchema.load("AgentStats")))
+    return out

@@ -25,8 +25,8 @@ class JsonFormatter(logging.Formatter):
 
 
 class RepeatFilter(logging.Filter):
-    """Lets a message of the publish stage (librdkafka's own lines among them) through once
-    per ``interval_s`` per (logger, level, shape).
+    """Lets a message of the publish stage (librdkafka's own lines among them) or a drop event
+    through once per ``interval_s`` per (logger, level, shape).
 
     The shape is the message with its numbers blanked, so "connect to 127.0.0.1:9092
     failed (after 0ms)" repeating every 50 ms during a broker outage is logged once per
@@ -34,7 +34,7 @@ class RepeatFilter(logging.Filter):
     """
 
     def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
-                 prefix: str = "producer.publish") -> None:
+                 prefix: tuple[str, ...] = ("producer.publish", "producer.telemetry.events")) -> None:
         super().__init__()
         self._prefix = prefix
         self._interval = interval_s

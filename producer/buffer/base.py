@@ -1,0 +1,238 @@
+"""The buffer between the encoder and the publisher, and its full-buffer policy.
+
+In Vector's vocabulary: ``buffer.type = memory | disk`` picks the store,
+``when_full = block | drop_newest | drop_oldest`` what a full buffer does, and
+``max_bytes`` the cap.  ``Buffer`` holds the policy and the order; a ``Store``
+(memory.py, disk.py) only keeps the bytes.
+
+An entry leaves the buffer only when the publisher acknowledges it
+(``ack``: Kafka acknowledged it, or it went to the dead-letter file).  The
+publisher ``take``s entries oldest first; after a retriable failure it
+``rewind``s, and every unacknowledged entry is handed out again in its
+original order, so new entries queue behind the ones being retried and the
+host's order holds.
+
+Policies, each counted (telemetry/events.py):
+    block        ``put`` waits for room (backpressure back to the ring buffer)
+    drop_newest  a ``put`` that does not fit is refused: Drop.BUFFER_FULL
+    drop_oldest  the oldest entries not yet handed out are evicted: Drop.BUFFER_EVICTED
+An entry larger than the whole cap can never fit and is refused under every
+policy (Drop.BUFFER_FULL).  A store that runs out of room before the cap (a
+full disk) counts as full.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from producer.channel import Cancel
+from producer.records import Encoded
+from producer.telemetry.events import Drop, Stat, Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class StoreFull(Exception):
+    """The store has no room left (a full disk), whatever the cap says."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What the buffer keeps in memory about one stored entry."""
+
+    id: int
+    records: int
+    size: int
+    captured_ns: int
+
+
+class Store(Protocol):
+    """Where entries' bytes live.  Ids are increasing integers, never reused."""
+
+    def append(self, entry: Encoded) -> int:
+        """Store ``entry`` durably (for disk: committed before return); raises StoreFull."""
+        ...
+
+    def load(self, entry_id: int) -> Encoded: ...
+    def delete(self, entry_ids: list[int]) -> None: ...
+    def existing(self) -> Iterator[Stored]:
+        """The entries already there when opened (a previous run's), oldest first."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BufferState:
+    entries: int
+    records: int
+    bytes: int
+    in_flight: int
+    cap_bytes: int
+    oldest_captured_ns: int | None
+
+
+class Buffer:
+    """Ordered, capped, policy-driven; thread-safe (the encoder puts, the publisher takes and acks)."""
+
+    def __init__(self, store: Store, cap_bytes: int, when_full: str, telemetry: Telemetry, kind: str) -> None:
+        self._store = store
+        self._cap = cap_bytes
+        self._policy = when_full
+        self._tel = telemetry
+        self.kind = kind
+        self._cond = threading.Condition()
+        self._entries: OrderedDict[int, Stored] = OrderedDict()
+        self._handed: set[int] = set()  # taken and not acknowledged
+        self._cursor = 0  # the highest id handed out since the last rewind
+        self._bytes = 0
+        self._records = 0
+        self._closed = False
+        for s in store.existing():
+            self._index(s)
+        if self._entries:
+            telemetry.add(Stat.RESTORED, self._records)
+            log.info("the %s buffer holds %d records (%d bytes) from a previous run; they go first",
+                     kind, self._records, self._bytes)
+
+    def _index(self, s: Stored) -> None:
+        self._entries[s.id] = s
+        self._bytes += s.size
+        self._records += s.records
+
+    def _unindex(self, entry_id: int) -> Stored | None:
+        s = self._entries.pop(entry_id, None)
+        if s is not None:
+            self._bytes -= s.size
+            self._records -= s.records
+            self._handed.discard(entry_id)
+        return s
+
+    # -- the encoder's side -------------------------------------------------------
+
+    def put(self, entry: Encoded, cancel: Cancel | None = None) -> bool:
+        """Store ``entry`` or count it under the policy; False only if ``cancel`` stopped a blocked put
+        (then nothing was stored or counted: the caller counts it)."""
+        size = len(entry)
+        with self._cond:
+            if size > self._cap:
+                self._tel.drop(Drop.BUFFER_FULL, entry.records,
+                               f"an entry of {size} bytes is larger than the {self.kind} buffer's cap {self._cap}")
+                return True
+            while True:
+                if self._bytes + size <= self._cap:
+                    try:
+                        self._append(entry)
+                        return True
+                    except StoreFull as exc:
+                        full_reason = str(exc)
+                else:
+                    full_reason = f"{self._bytes} of {self._cap} bytes used"
+                if self._policy == "drop_newest":
+                    self._tel.drop(Drop.BUFFER_FULL, entry.records, f"the {self.kind} buffer is full ({full_reason})")
+                    return True
+                if self._policy == "drop_oldest" and self._evict_for(size):
+                    continue
+                if self._policy == "drop_oldest" and not self._evictable():
+                    self._tel.drop(Drop.BUFFER_FULL, entry.records,
+                                   f"the {self.kind} buffer is full and all of it is being sent ({full_reason})")
+                    return True
+                if cancel is not None and cancel.is_set():
+                    return False
+                self._tel.add(Stat.BUFFER_FULL_WAITS)
+                self._cond.wait(0.1)
+
+    def _append(self, entry: Encoded) -> None:
+        entry_id = self._store.append(entry)
+        self._index(Stored(entry_id, entry.records, len(entry), entry.captured_ns))
+        self._tel.add(Stat.BUFFERED, entry.records)
+        self._cond.notify_all()
+
+    def _evictable(self) -> list[int]:
+        return [i for i in self._entries if i not in self._handed]
+
+    def _evict_for(self, size: int) -> bool:
+        """Evict the oldest entries not handed out until ``size`` fits (or one at a time on a full store)."""
+        victims: list[int] = []
+        free = self._cap - self._bytes
+        for entry_id in self._evictable():
+            if free >= size and victims:
+                break
+            victims.append(entry_id)
+            free += self._entries[entry_id].size
+        if not victims:
+            return False
+        self._store.delete(victims)
+        lost = sum(s.records for v in victims if (s := self._unindex(v)) is not None)
+        self._tel.drop(Drop.BUFFER_EVICTED, lost, f"the {self.kind} buffer is full: evicted the oldest entries")
+        return True
+
+    def close_input(self) -> None:
+        """No more puts (the encoder has finished); ``take`` returns None once everything is handed out."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- the publisher's side -----------------------------------------------------
+
+    def take(self, timeout: float) -> tuple[int, Encoded] | None:
+        """The oldest entry not handed out since the last rewind, or None after ``timeout``."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for entry_id in self._entries:
+                    if entry_id > self._cursor:
+                        self._cursor = entry_id
+                        self._handed.add(entry_id)
+                        return entry_id, self._store.load(entry_id)
+                left = end - time.monotonic()
+                if left <= 0 or (self._closed and not self._entries):
+                    return None
+                self._cond.wait(min(left, 0.1))
+
+    def ack(self, entry_ids: list[int]) -> None:
+        """Delivered (or dead-lettered): gone for good."""
+        with self._cond:
+            self._store.delete(entry_ids)
+            for entry_id in entry_ids:
+                self._unindex(entry_id)
+            self._cond.notify_all()
+
+    def rewind(self) -> int:
+        """Hand every unacknowledged entry out again, oldest first; returns how many records that is."""
+        with self._cond:
+            again = sum(self._entries[i].records for i in self._handed if i in self._entries)
+            self._handed.clear()
+            self._cursor = 0
+            self._cond.notify_all()
+            return again
+
+    def drain_all(self) -> int:
+        """Remove everything (exit of a memory buffer); returns the records removed, to be counted."""
+        with self._cond:
+            ids = list(self._entries)
+            self._store.delete(ids)
+            lost = sum(s.records for i in ids if (s := self._unindex(i)) is not None)
+            self._cond.notify_all()
+            return lost
+
+    @property
+    def exhausted(self) -> bool:
+        """Input closed and nothing left: the publisher is done."""
+        with self._cond:
+            return self._closed and not self._entries
+
+    def state(self) -> BufferState:
+        with self._cond:
+            oldest = next(iter(self._entries.values())).captured_ns if self._entries else None
+            return BufferState(len(self._entries), self._records, self._bytes, len(self._handed), self._cap,
+                               oldest)
+
+    def close(self) -> None:
+        self._store.close()
