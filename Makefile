@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 IFACE ?=
 
-.PHONY: setup run test lint stack-up stack-down clean
+.PHONY: setup run test test-long lint stack-up stack-down clean
 
 setup:
 	bash scripts/setup.sh
@@ -16,7 +16,11 @@ run: setup
 test: setup
 	$(PY) -m ruff check producer tests benchmarks
 	$(PY) -m mypy producer
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra -m "not long"
+
+## test-long: the long fault and soak runs (minutes each)
+test-long: setup
+	$(PY) -m pytest -ra -m long
 
 stack-up: setup
 	$(VENV)/bin/hdrlog stack up

@@ -140,10 +140,13 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "demo", help="the whole path on a demo network: stack, traffic, agent, consumer",
         description="Start the local stack, create a network namespace joined by a veth pair, "
         "send real traffic (HTTP, ping, DNS) across it while the agent captures, then show "
-        "the records as the consumer decodes them and the agent's counters.")
+        "the records as the consumer decodes them and the agent's counters; once with batch "
+        "messages (HeaderBatch) and once with one message per record (HeaderRecord).")
     p.add_argument("--iface", help="capture this existing interface instead of the demo veth")
     p.add_argument("--duration", type=float, default=8.0, metavar="S", help="capture time (default 8)")
-    p.add_argument("--topic", default="hdrlog.demo")
+    p.add_argument("--topic", default="hdrlog.demo", help="topic prefix: <topic>.batch and <topic>.record")
+    p.add_argument("--shape", choices=["batch", "record", "both"], default="both",
+                   help="message shape(s) to show, one agent run each (default both)")
     p.add_argument("--keep-network", action="store_true", help="leave the demo namespace in place")
     p.add_argument("--json", action="store_true",
                    help="print the consumer's JSON objects instead of one readable line per record")
@@ -300,8 +303,9 @@ def cmd_stack(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from producer.demo import run_demo
 
+    shapes = ("batch", "record") if args.shape == "both" else (args.shape,)
     return run_demo(iface=args.iface, duration_s=args.duration, topic=args.topic,
-                    keep_network=args.keep_network, json_lines=args.json)
+                    keep_network=args.keep_network, json_lines=args.json, shapes=shapes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,7 +51,7 @@ def _traffic(net: VethNamespace) -> None:
 
 
 def run_demo(*, iface: str | None, duration_s: float, topic: str, keep_network: bool,
-             json_lines: bool = False, shape: str = "batch") -> int:
+             json_lines: bool = False, shapes: tuple[str, ...] = ("batch", "record")) -> int:
     from producer.devstack import LocalStack, StackSettings
 
     settings = StackSettings.from_env()
@@ -65,42 +65,8 @@ def run_demo(*, iface: str | None, duration_s: float, topic: str, keep_network: 
             net.create()
             server = net.popen(["python3", "-m", "http.server", "--bind", net.peer_ip, "8080"])
             _wait_listening(net.peer_ip, 8080, 15)
-        cfg = load_config(overrides={
-            "capture.interfaces": [iface or net.host_if], "kafka.topic": topic, "duration_s": duration_s,
-            "kafka.bootstrap_servers": settings.bootstrap_servers, "kafka.shape": shape,
-            "registry.url": settings.registry_url, "host_id": socket.gethostname(),
-            "state_dir": str(settings.cache_dir / "demo-state"), "telemetry.listen": "127.0.0.1:0",
-        })
-        agent = build(cfg)
-        result: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                result["report"] = agent.run(threading.Event())
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                result["error"] = exc
-                agent.ready.set()
-
-        thread = threading.Thread(target=run, name="hdrlog-demo-agent")
-        thread.start()
-        agent.ready.wait(120)
-        if "error" not in result:
-            _say(f"agent capturing on {cfg.capture.interfaces[0]} for {duration_s:g}s, "
-                 f"{shape} messages to {topic}")
-            if iface is None:
-                _traffic(net)
-        thread.join()
-        if "error" in result:
-            raise result["error"]
-        report: AgentReport = result["report"]
-        delivered = report.user.get("delivered", 0)
-        _say(f"consumer: {delivered} records from topic {topic}, decoded through the registry")
-        consume(ConsumeOptions(
-            bootstrap_servers=settings.bootstrap_servers, schema_registry=settings.registry_url,
-            topic=topic, group="hdrlog-demo", from_beginning=True,
-            max_records=delivered, idle_timeout_s=15, text=not json_lines), sys.stdout)
-        _say("agent counters")
-        print(json.dumps(report.as_dict(), indent=2), file=sys.stderr)
+        for shape in shapes:
+            _one_shape(settings, net, iface, duration_s, f"{topic}.{shape}", shape, json_lines)
         return 0
     finally:
         if server is not None:
@@ -108,3 +74,47 @@ def run_demo(*, iface: str | None, duration_s: float, topic: str, keep_network: 
             server.wait(10)
         if iface is None and not keep_network:
             net.destroy()
+
+
+def _one_shape(settings: Any, net: VethNamespace, iface: str | None, duration_s: float, topic: str, shape: str,
+               json_lines: bool) -> None:
+    """One agent run in one message shape: traffic, then what the consumer reads, then the counters."""
+    cfg = load_config(overrides={
+        "capture.interfaces": [iface or net.host_if], "kafka.topic": topic, "duration_s": duration_s,
+        "kafka.bootstrap_servers": settings.bootstrap_servers, "kafka.shape": shape,
+        "registry.url": settings.registry_url, "host_id": socket.gethostname(),
+        "state_dir": str(settings.cache_dir / "demo-state"), "telemetry.listen": "127.0.0.1:0",
+    })
+    agent = build(cfg)
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["report"] = agent.run(threading.Event())
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            result["error"] = exc
+            agent.ready.set()
+
+    thread = threading.Thread(target=run, name="hdrlog-demo-agent")
+    thread.start()
+    agent.ready.wait(120)
+    if "error" not in result:
+        _say(f"[{shape}] agent capturing on {cfg.capture.interfaces[0]} for {duration_s:g}s, "
+             f"{shape} messages to {topic}")
+        if iface is None:
+            _traffic(net)
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    report: AgentReport = result["report"]
+    delivered = report.user["delivered"]
+    messages = report.user["messages_delivered"]
+    what = "HeaderBatch" if shape == "batch" else "HeaderRecord"
+    _say(f"[{shape}] consumer: {delivered} records in {messages} Kafka messages ({what}) from topic {topic}, "
+         "decoded through the registry")
+    consume(ConsumeOptions(
+        bootstrap_servers=settings.bootstrap_servers, schema_registry=settings.registry_url,
+        topic=topic, group="hdrlog-demo", from_beginning=True,
+        max_records=delivered, idle_timeout_s=15, text=not json_lines), sys.stdout)
+    _say(f"[{shape}] agent counters")
+    print(json.dumps(report.as_dict(), indent=2), file=sys.stderr)

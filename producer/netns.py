@@ -18,12 +18,13 @@ from dataclasses import dataclass
 
 from producer.errors import HdrlogError
 
-# Sends 18-byte UDP datagrams: `count` of them, or as many as it can for `seconds`;
-# prints how many.  Run inside the namespace by VethNamespace.udp().
+# Sends 18-byte UDP datagrams: `count` of them, or as many as it can for `seconds`, or
+# `rate` per second for `seconds` (steady traffic); prints how many.  Run inside the
+# namespace by VethNamespace.udp().
 _UDP_SENDER = """
 import socket, sys, time
 dst, dport, sport, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-seconds = float(sys.argv[5])
+seconds, rate = float(sys.argv[5]), float(sys.argv[6])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("", sport))
 n = 0
@@ -31,6 +32,14 @@ if count:
     for _ in range(count):
         s.sendto(b"x" * 18, (dst, dport))
     n = count
+elif rate:
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        due = int((time.monotonic() - start) * rate)
+        while n < due:
+            s.sendto(b"x" * 18, (dst, dport))
+            n += 1
+        time.sleep(0.005)
 else:
     end = time.time() + seconds
     while time.time() < end:
@@ -108,12 +117,12 @@ class VethNamespace:
             raise HdrlogError(f"in netns {self.ns}: {' '.join(argv)}: {res.stderr.strip()}")
         return res
 
-    def udp(self, dst: str, dport: int, *, count: int = 0, seconds: float = 0.0,
+    def udp(self, dst: str, dport: int, *, count: int = 0, seconds: float = 0.0, rate: float = 0.0,
             sport: int = 0) -> subprocess.Popen[str]:
-        """Start a UDP sender in the namespace (``count`` datagrams, or a ``seconds`` flood);
-        it prints how many it sent."""
+        """Start a UDP sender in the namespace (``count`` datagrams, a ``seconds`` flood, or ``rate``
+        per second for ``seconds``); it prints how many it sent."""
         return self.popen(["/usr/bin/python3", "-c", _UDP_SENDER, dst, str(dport), str(sport), str(count),
-                           str(seconds)])
+                           str(seconds), str(rate)])
 
     def popen(self, argv: Sequence[str]) -> subprocess.Popen[str]:
         return subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], text=True,

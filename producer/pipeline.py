@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -31,6 +32,7 @@ from producer.buffer.memory import MemoryStore
 from producer.capture import links
 from producer.capture.control import CaptureControl
 from producer.capture.hooks import Hooks
+from producer.capture.pins import Pins, StaleCapture
 from producer.capture.program import CaptureProgram, ProgramOptions, check_privileges
 from producer.capture.ringbuf import RingBufferReader
 from producer.capture.source import KernelSource, Ring
@@ -39,7 +41,7 @@ from producer.config import AgentConfig, live_settings, reloadable
 from producer.decode.convert import InterfaceNames, MonotonicToWall, RecordDecoder
 from producer.errors import ConfigError, HdrlogError
 from producer.publish.deadletter import DeadLetters
-from producer.publish.kafka import KafkaPublisher
+from producer.publish.kafka import WINDOW_BYTES, KafkaPublisher
 from producer.publish.sinks import Publisher, StreamPublisher
 from producer.records import Batch, Chunk
 from producer.retry import with_retry
@@ -89,8 +91,10 @@ def _kafka(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Ide
         for s in subjects:
             ids[s.name] = with_retry(lambda s=s: resolve(registry, s, r.auto_register),  # type: ignore[misc]
                                      deadline_s=k.connect_timeout_s, on_retry=_retrying)
+    # at most a quarter of the buffer outstanding in librdkafka: the rest stays evictable and, on disk, durable
     publisher = KafkaPublisher(k.bootstrap_servers, k.properties, buffer, telemetry,
-                               DeadLetters(cfg.state_path / "dead-letter.jsonl"), retry_backoff_s=k.retry_backoff_s)
+                               DeadLetters(cfg.state_path / "dead-letter.jsonl"), retry_backoff_s=k.retry_backoff_s,
+                               window_bytes=min(WINDOW_BYTES, cfg.buffer.cap_bytes // 4))
     with_retry(lambda: publisher.check_reachable(min(5.0, max(k.connect_timeout_s, 0.5))),
                deadline_s=k.connect_timeout_s, on_retry=_retrying)
     for s in subjects:
@@ -150,6 +154,14 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
         control.apply(c)
         capture_id = uuid.uuid4().hex
         release_on_drain = buffer.kind != "disk"
+        pins = Pins(c.pin_dir, cfg.state_path)
+        fds = {"events": program.ringbuf_fd, "counters": program.counters_fd}
+        fds |= {"xdp": program.xdp().fd} if c.hook == "xdp" else {"ingress": program.ingress.fd,
+                                                                   "egress": program.egress.fd}
+        pins.pin_own(capture_id, fds)
+        resources.callback(pins.unpin_own)
+        takeover = Takeover(pins.stale(capture_id), release_on_drain)
+        resources.callback(takeover.close)
         reader = RingBufferReader(program.ringbuf_fd, program.ringbuf_size, abi.RECORD_DTYPE,
                                   release_on_drain=release_on_drain)
         resources.callback(reader.close)
@@ -157,12 +169,13 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
                                          on_full_wait=lambda: telemetry.add(Stat.CAPTURE_QUEUE_FULL_WAITS))
         batches: Channel[Batch] = Channel("batch", BATCH_QUEUE)
         detached = threading.Event()
-        source = KernelSource([Ring(capture_id, reader, lambda: program.counters()["emitted"])], chunks,
-                              telemetry, cancel, detached, c.poll_interval_ms / 1000.0)
+        own = Ring(capture_id, reader, lambda: program.counters()["emitted"])
+        source = KernelSource([*takeover.rings, own], chunks, telemetry, cancel, detached,
+                              c.poll_interval_ms / 1000.0)
         batcher = BatchStage(Batcher(cfg.batch.max_records, cfg.batch.linger_ms / 1000.0), chunks, batches,
                              telemetry, cancel)
         encode = EncodeStage(encoder, batches, buffer, telemetry, cancel, source.release)
-        hooks = Hooks(c, program, names, ifindexes)
+        hooks = Hooks(c, program, names, ifindexes, takeover.stale)
         running = {"cfg": cfg}
 
         def reload() -> None:
@@ -208,9 +221,48 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
             kernel_counters=program.counters, reload=reload, periodic=periodic, resources=resources.pop_all())
         agent = Agent(parts, duration_s=cfg.duration_s, flush_timeout_s=cfg.kafka.flush_timeout_s)
         agent.report_extra = lambda: {"instance": identity.instance_id, "capture_id": capture_id,
-                                      "schema_ids": schema_ids, "buffer": buffer.kind}
+                                      "schema_ids": schema_ids, "buffer": buffer.kind,
+                                      "taken_over": takeover.report()}
         return agent
     raise AssertionError("unreachable")  # pragma: no cover - the with block returns or raises
+
+
+class Takeover:
+    """The rings of captures a killed agent left (capture/pins.py), drained before ours."""
+
+    def __init__(self, stale: list[StaleCapture], release_on_drain: bool) -> None:
+        self.stale = stale
+        self.rings: list[Ring] = []
+        self._done: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        for s in stale:
+            reader = RingBufferReader(s.ring_fd, s.ring_size, abi.RECORD_DTYPE, release_on_drain=release_on_drain)
+            log.warning("taking over capture %s of a killed agent: %d records wait in its ring buffer",
+                        s.capture_id, reader.unread_bytes() // reader.stride)
+            self.rings.append(Ring(s.capture_id, reader, lambda s=s: s.counters()["emitted"],  # type: ignore[misc]
+                                   taken_over=True, closed=s.closed, on_done=self._finish))
+
+    def _finish(self, ring: Ring) -> None:
+        """Drained and released to its end: record its final counters, unpin it, let the kernel free it."""
+        s = next(x for x in self.stale if x.capture_id == ring.capture_id)
+        with self._lock:
+            self._done[s.capture_id] = {"capture_id": s.capture_id, "kernel": s.counters(), "drained": ring.drained}
+        log.info("took over capture %s: %d records", s.capture_id, ring.drained)
+        ring.reader.close()
+        s.release()
+
+    def report(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._done.values())
+
+    def close(self) -> None:
+        """At exit: what was not finished stays pinned for the next start; only our handles go."""
+        for ring, s in zip(self.rings, self.stale, strict=True):
+            if not ring.done:
+                ring.reader.close()
+                for fd in (s.ring_fd, s.counters_fd):
+                    os.close(fd)
+                s.lock.close()
 
 
 def _gauges(telemetry: Telemetry, buffer: Buffer, channels: list[Channel[Any]]) -> None:

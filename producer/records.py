@@ -100,11 +100,5 @@ class Encoded:
         ends = (*self.offsets[1:], len(self.payload))
         return [self.payload[a:b] for a, b in zip(self.offsets, ends, strict=True)]
 
-    def message_records(self) -> list[int]:
-        """Records each message stands for (record shape: one each)."""
-        if self.offsets is None:
-            return [self.records]
-        return [1] * len(self.offsets)
-
     def __len__(self) -> int:
         return len(self.payload)

@@ -235,3 +235,97 @@ def udp_sinks() -> Iterator[Callable[..., None]]:
     yield bind
     for s in socks:
         s.close()
+
+
+def read_topic(bootstrap_servers: str, topic: str, settle_s: float = 2.0, deadline_s: float = 60) -> list[Any]:
+    """Every message of ``topic`` from the beginning, read until nothing new came for ``settle_s``."""
+    import uuid
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"hdrlog-test-{uuid.uuid4().hex[:8]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        consumer.assign([TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions])
+        msgs: list[Any] = []
+        end = time.monotonic() + deadline_s
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < settle_s:
+            got = consumer.consume(1000, timeout=0.5)
+            for m in got:
+                assert m.error() is None, m.error()
+            if got:
+                msgs.extend(got)
+                quiet_since = time.monotonic()
+            assert time.monotonic() < end, f"{topic} kept growing for {deadline_s}s"
+        return msgs
+    finally:
+        consumer.close()
+
+
+def expand(registry_url: str, msgs: list[Any]) -> list[dict[str, Any]]:
+    """The header records of ``msgs`` (both shapes), each with its message's partition and offset."""
+    from producer.consumer.decoding import MessageDecoder
+    from producer.serialize.registry import Registry
+
+    out: list[dict[str, Any]] = []
+    with Registry(registry_url) as registry:
+        decoder = MessageDecoder(registry)
+        for m in msgs:
+            for r in decoder.records(m.value()):
+                r["_partition"], r["_offset"] = m.partition(), m.offset()
+                out.append(r)
+    return out
+
+
+def reconcile(records: list[dict[str, Any]], emitted: dict[str, int], dropped: int = 0) -> dict[str, int]:
+    """Check the records against each capture's kernel ``emitted`` count, exactly.
+
+    Per capture and CPU the kernel's sequence runs 0, 1, 2, ... without a gap, so with nothing
+    ``dropped`` the unique identities of a capture must be exactly ``emitted[capture]`` gapless
+    runs; with drops, what is missing must equal them.  A repeated identity is a re-delivery
+    and must be the same record.  Per agent instance, within the partition, first occurrences
+    of message sequence numbers increase.  Returns counts.
+    """
+    first: dict[tuple[str, int, int], dict[str, Any]] = {}
+    duplicates = 0
+    for r in records:
+        ident = (r["capture_id"], r["capture_cpu"], r["capture_seq"])
+        seen = first.get(ident)
+        if seen is None:
+            first[ident] = r
+            continue
+        duplicates += 1
+        same = {k: v for k, v in r.items() if not k.startswith("_") and k not in ("agent_instance", "sequence")}
+        assert same == {k: v for k, v in seen.items() if k in same}, f"a repeated identity {ident} differs"
+    assert {c for c, _, _ in first} <= set(emitted), f"records of unknown captures: {set(c for c, _, _ in first)}"
+    missing = 0
+    for capture, n in emitted.items():
+        per_cpu: dict[int, list[int]] = {}
+        for c, cpu, seq in first:
+            if c == capture:
+                per_cpu.setdefault(cpu, []).append(seq)
+        got = sum(len(v) for v in per_cpu.values())
+        missing += n - got
+        if dropped == 0:
+            assert got == n, f"capture {capture}: {got} unique records in Kafka, the kernel emitted {n}"
+            for cpu, seqs in per_cpu.items():
+                assert sorted(seqs) == list(range(len(seqs))), f"capture {capture} cpu {cpu}: a gap in the sequence"
+    assert missing == dropped, f"{missing} records missing from Kafka, {dropped} counted as dropped"
+    seen: dict[tuple[int, str], set[int]] = {}
+    last: dict[tuple[int, str], int] = {}
+    for r in sorted(records, key=lambda r: (r["_partition"], r["_offset"])):
+        key = (r["_partition"], r["agent_instance"])
+        if r["sequence"] in seen.setdefault(key, set()):
+            continue  # the same message's other records, or a re-delivery
+        if key in last and r["sequence"] <= last[key]:
+            order = []
+            for x in sorted(records, key=lambda x: (x["_partition"], x["_offset"])):
+                if not order or order[-1] != (x["_offset"], x["sequence"]):
+                    order.append((x["_offset"], x["sequence"]))
+            raise AssertionError(f"instance {r['agent_instance']}: sequence {r['sequence']} first seen after "
+                                 f"{last[key]}; (offset, sequence) in the partition: {order}")
+        seen[key].add(r["sequence"])
+        last[key] = r["sequence"]
+    return {"unique": len(first), "duplicates": duplicates, "records": len(records)}

@@ -12,11 +12,13 @@ from tests.conftest import run_hdrlog
 pytestmark = [pytest.mark.kernel, pytest.mark.stack]
 
 
-def test_demo_shows_decoded_records_and_counters(root_required, stack) -> None:
+@pytest.mark.parametrize("shape", ["batch", "record"])
+def test_demo_shows_decoded_records_and_counters(root_required, stack, shape: str) -> None:
     topic = f"hdrlog.test.demo.{uuid.uuid4().hex[:8]}"
     res = run_hdrlog("--log-format", "json", "demo", "--duration", "4", "--topic", topic, "--json",
-                     timeout=300)
+                     "--shape", shape, timeout=300)
     assert res.returncode == 0, res.stderr
+    assert f"==> [{shape}] consumer:" in res.stderr and f"from topic {topic}.{shape}" in res.stderr
     records = [json.loads(line) for line in res.stdout.splitlines()]
     http = [r for r in records if r["ip_proto"] == 6 and 8080 in (r["src_port"], r["dst_port"])]
     assert any(r["tcp_flags"] == 0x02 and r["direction"] == "EGRESS" for r in http)  # curl's SYN
@@ -24,7 +26,8 @@ def test_demo_shows_decoded_records_and_counters(root_required, stack) -> None:
         (8, "EGRESS"), (0, "INGRESS")}
     assert any(r["ip_proto"] == 58 and r["icmp_type"] == 128 for r in records)  # ping6
     assert any(r["ip_proto"] == 17 and r["dst_port"] == 53 for r in records)  # the DNS query
-    counters = json.loads(res.stderr[res.stderr.index("==> agent counters") + len("==> agent counters"):])
+    head = f"==> [{shape}] agent counters"
+    counters = json.loads(res.stderr[res.stderr.index(head) + len(head):])
     assert counters["agent"]["delivered"] == len(records) == counters["kernel"]["emitted"]
 
 

@@ -1,4 +1,4 @@
-"""Every record says exactly what crossed the wire, on either hook (tc and XDP).
+"""Every record says exactly what crossed the wire: either hook (tc, XDP), stdout or Kafka (both shapes).
 
 A known mix -- real TCP, UDP, ICMP echo and errors, ICMPv6 and neighbour
 discovery, plus frames crafted with scapy: IPv6 extension headers and
@@ -20,6 +20,7 @@ import socket
 import struct
 import subprocess
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap
 
-from tests.conftest import summary_of, wait_for
+from producer.render import render
+from tests.conftest import expand, read_topic, summary_of, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -259,9 +261,20 @@ def _window(items: list[Any], port_of: Any) -> list[Any]:
     return items[first: last + 1]
 
 
-@pytest.mark.parametrize("hook", ["tc", "xdp"])
-def test_records_match_pcap_field_by_field(veth, start_agent, tmp_path: Path, hook: str) -> None:
+@pytest.mark.parametrize(("hook", "route"), [("tc", "stdout"), ("xdp", "stdout"), ("tc", "batch"),
+                                              ("tc", "record")])
+def test_records_match_pcap_field_by_field(veth, start_agent, tmp_path: Path, hook: str, route: str,
+                                           request: pytest.FixtureRequest) -> None:
+    """``route``: the agent's JSON lines on stdout, or Kafka in either message shape, read back and
+    decoded through the registry (so both shapes carry every field exactly)."""
     net = veth
+    if route == "stdout":
+        out_args: tuple[str, ...] = ("--stdout",)
+    else:
+        stack = request.getfixturevalue("stack")
+        topic = f"hdrlog.test.fidelity.{route}.{uuid.uuid4().hex[:8]}"
+        out_args = ("--bootstrap-servers", stack.bootstrap_servers, "--schema-registry", stack.registry_url,
+                    "--topic", topic, "--shape", route)
     pcap = tmp_path / "in.pcap"
     tcpdump = subprocess.Popen(["tcpdump", "-i", net.host_if, "-Q", "in", "-n", "-U", "--immediate-mode",
                                 "-w", str(pcap)], stderr=subprocess.PIPE, text=True)
@@ -269,7 +282,7 @@ def test_records_match_pcap_field_by_field(veth, start_agent, tmp_path: Path, ho
         assert tcpdump.stderr is not None
         line = tcpdump.stderr.readline()
         assert "listening on" in line, line
-        agent = start_agent(net.host_if, "--stdout", "--hook", hook)
+        agent = start_agent(net.host_if, *out_args, "--hook", hook)
         agent.wait_attached()
         host_mac, peer_mac = net.mac(peer=False), net.mac(peer=True)
 
@@ -287,6 +300,9 @@ def test_records_match_pcap_field_by_field(veth, start_agent, tmp_path: Path, ho
         send([*frames, marker(MARKER_PORT)])
 
         def seen_marker() -> bool:
+            if route != "stdout":  # everything the kernel emitted is in Kafka
+                s = agent.status()
+                return bool(s["kernel"]["emitted"] == s["agent"]["delivered"] > len(frames))
             return any(r["dst_port"] == MARKER_PORT for r in agent.records())
 
         wait_for(seen_marker, 10, "the marker frame in the agent's output")
@@ -304,8 +320,12 @@ def test_records_match_pcap_field_by_field(veth, start_agent, tmp_path: Path, ho
         tcpdump.send_signal(signal.SIGINT)
         tcpdump.communicate(timeout=30)
     assert agent.proc.returncode == 0, err
+    if route == "stdout":
+        output = agent.records()
+    else:
+        output = [render(r) for r in expand(stack.registry_url, read_topic(stack.bootstrap_servers, topic))]
 
-    records = _window([r for r in agent.records() if r["direction"] == "INGRESS"],
+    records = _window([r for r in output if r["direction"] == "INGRESS"],
                       lambda r: r["dst_port"])
     captured = _window(list(rdpcap(str(pcap))), lambda p: p[UDP].dport if UDP in p else None)
     packets = [bytes(p) for p in captured]
@@ -331,8 +351,8 @@ def test_records_match_pcap_field_by_field(veth, start_agent, tmp_path: Path, ho
 
     k = summary_of(err)["kernel"]
     assert k["seen"] == k["filtered"] + k["sampled_out"] + k["emitted"] + k["ringbuf_reserve_failed"]
-    assert k["ringbuf_reserve_failed"] == 0 and k["emitted"] == len(agent.records())
-    anomalies = sum(1 for r in agent.records() if r["parse_anomaly"])
+    assert k["ringbuf_reserve_failed"] == 0 and k["emitted"] == len(output)
+    anomalies = sum(1 for r in output if r["parse_anomaly"])
     assert k["parse_anomalies"] == anomalies >= 3
     kinds = {(r["ether_type"], r["ip_proto"]) for r in records}
     assert {(0x0800, 6), (0x0800, 17), (0x0800, 1), (0x86DD, 58), (0x86DD, 17), (0x0806, None)} <= kinds

@@ -262,6 +262,7 @@ class FakeProducer:
         self.queue: list[tuple[bytes, Any]] = []
         self.delivered: list[bytes] = []  # in the order "Kafka" received them
         self.purges = 0
+        self.stalled = False  # a broker that does not answer: no report comes back
 
     def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
         if len(self.queue) >= self.capacity:
@@ -270,7 +271,7 @@ class FakeProducer:
 
     def poll(self, timeout: float = 0) -> int:
         served = 0
-        while self.queue:
+        while self.queue and not self.stalled:
             value, cb = self.queue.pop(0)
             err = self.outcome(value)
             if err is None:
@@ -303,9 +304,9 @@ class _Msg:
         return self._v
 
 
-def _publisher(buf: Buffer, tel: Telemetry, producer: FakeProducer, tmp: Path) -> KafkaPublisher:
+def _publisher(buf: Buffer, tel: Telemetry, producer: FakeProducer, tmp: Path, **kw: Any) -> KafkaPublisher:
     return KafkaPublisher("fake:9092", {}, buf, tel, DeadLetters(tmp / "dead.jsonl"), retry_backoff_s=0.01,
-                          producer_factory=lambda conf: producer)
+                          producer_factory=lambda conf: producer, **kw)
 
 
 def _run(pub: KafkaPublisher, buf: Buffer) -> None:
@@ -389,3 +390,117 @@ def test_exit_deadline_leaves_the_rest_in_the_buffer(tmp_path: Path) -> None:
     pub.begin_exit(time.monotonic() + 0.5)
     _run(pub, buf)
     assert tel.get(Stat.DELIVERED) == 0 and buf.state().records == 6  # the agent counts these at exit
+
+
+def test_a_stalled_broker_gets_only_the_window_the_rest_stays_evictable(tmp_path: Path) -> None:
+    tel = Telemetry()
+    buf = Buffer(MemoryStore(), 700, "drop_oldest", tel, "memory")
+    for i in range(5):
+        buf.put(_entry(1, tag=i))
+    producer = FakeProducer(lambda v: None)
+    producer.stalled = True
+    pub = _publisher(buf, tel, producer, tmp_path, window_bytes=250)
+    t = threading.Thread(target=pub.run)
+    t.start()
+    wait_for(lambda: len(producer.queue) == 3, 5, "the window to fill")
+    assert buf.state().in_flight == 3  # 0, 1, 2 outstanding; 3 and 4 wait in the buffer
+    buf.put(_entry(1, tag=5))
+    buf.put(_entry(1, tag=6))
+    buf.put(_entry(1, tag=7))  # over the 700-byte cap: the oldest not outstanding (3) goes
+    assert tel.get(Drop.BUFFER_EVICTED) == 1
+    producer.stalled = False
+    buf.close_input()
+    t.join(10)
+    assert [v[0] for v in producer.delivered] == [0, 1, 2, 4, 5, 6, 7]
+    assert tel.get(Stat.DELIVERED) == 7
+
+
+# -- the agent, with in-memory parts ---------------------------------------------------------
+
+
+class _Hooks:
+    attached = ["fake0"]
+
+    def attach_all(self) -> list[str]:
+        return self.attached
+
+    def detach_all(self) -> None:
+        return None
+
+
+class _Source:
+    """Hands out ``chunks`` chunks of 10 records, then ends (as capture does after detach)."""
+
+    name = "capture"
+
+    def __init__(self, out: Channel[Chunk], tel: Telemetry, cancel: Cancel, chunks: int) -> None:
+        self._out, self._tel, self._cancel, self._n = out, tel, cancel, chunks
+
+    def run(self) -> None:
+        try:
+            for i in range(self._n):
+                self._tel.add(Stat.DRAINED, 10)
+                if not self._out.put(_chunk("c", 10, start_seq=10 * i), self._cancel):
+                    self._tel.drop(self._cancel.reason, 10, "test")
+        finally:
+            self._out.close()
+
+
+class _Encoder:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+
+    def encode(self, batch: Any) -> list[Encoded]:
+        if self.fail:
+            raise RuntimeError("an encoder bug")
+        return [Encoded("t", b"k", b"x" * len(batch), None, len(batch), 1)]
+
+
+def _agent(tmp: Path, producer: FakeProducer, encoder: _Encoder, flush_s: float) -> tuple[Any, Telemetry]:
+    from producer.agent import Agent, AgentParts
+    from producer.batch.batcher import BatchStage
+    from producer.serialize.encoder import EncodeStage
+
+    tel = Telemetry()
+    cancel = Cancel()
+    chunks: Channel[Chunk] = Channel("capture", 4)
+    batches: Channel[Any] = Channel("batch", 2)
+    buf = Buffer(MemoryStore(), 1 << 20, "block", tel, "memory")
+    pub = _publisher(buf, tel, producer, tmp)
+    parts = AgentParts(
+        hooks=_Hooks(), source=_Source(chunks, tel, cancel, 3),
+        stages=[BatchStage(Batcher(5, 0.01), chunks, batches, tel, cancel),
+                EncodeStage(encoder, batches, buf, tel, cancel, lambda mark: None)],
+        publisher=pub, buffer=buf, telemetry=tel, cancel=cancel, detached=threading.Event(),
+        channels=[chunks, batches], kernel_counters=lambda: {"emitted": 30})
+    return Agent(parts, duration_s=None, flush_timeout_s=flush_s), tel
+
+
+def test_agent_delivers_everything_then_stops(tmp_path: Path) -> None:
+    agent, tel = _agent(tmp_path, FakeProducer(lambda v: None), _Encoder(), flush_s=5)
+    stop = threading.Event()
+    stop.set()  # stop at once: the stop sequence drains and delivers what the source hands out
+    report = agent.run(stop)
+    assert report.user["drained"] == report.user["delivered"] == 30
+    assert report.interfaces == ["fake0"] and sum(tel.get(d) for d in Drop) == 0
+
+
+def test_agent_exit_deadline_counts_what_a_stalled_broker_kept(tmp_path: Path) -> None:
+    producer = FakeProducer(lambda v: None)
+    producer.stalled = True
+    agent, tel = _agent(tmp_path, producer, _Encoder(), flush_s=0.5)
+    stop = threading.Event()
+    stop.set()
+    t0 = time.monotonic()
+    report = agent.run(stop)
+    assert time.monotonic() - t0 < 5  # bounded by the flush deadline
+    assert report.user["delivered"] == 0 and report.user["dropped_unflushed_at_exit"] == 30
+
+
+def test_agent_stage_failure_stops_and_counts(tmp_path: Path) -> None:
+    agent, tel = _agent(tmp_path, FakeProducer(lambda v: None), _Encoder(fail=True), flush_s=2)
+    with pytest.raises(HdrlogError, match="an encoder bug"):
+        agent.run(threading.Event())
+    snap = tel.snapshot()
+    assert snap["drained"] == 30 and snap["delivered"] == 0
+    assert snap["dropped_after_failure"] == 30  # every record the failed stage never passed on

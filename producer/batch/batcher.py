@@ -18,7 +18,7 @@ import numpy as np
 
 from producer.channel import Cancel, Channel, Closed
 from producer.records import Batch, Chunk, Records, RingMark
-from producer.telemetry.events import Stat, Telemetry
+from producer.telemetry.events import Drop, Stat, Telemetry
 
 
 class Batcher:
@@ -113,6 +113,10 @@ class BatchStage:
             last = self._batcher.flush()
             if last is not None:
                 self._emit(last)
+        except BaseException:
+            # a bug: the agent stops; what the batcher holds is counted, not lost unseen
+            self._tel.drop(Drop.AFTER_FAILURE, self._batcher.pending, "the batch stage failed")
+            raise
         finally:
             self._out.close()
 

@@ -13,13 +13,23 @@ corrupts the file.  Rows are ordered by an AUTOINCREMENT id, so ids are never
 reused and the oldest entry is always first.
 
 One agent owns one file: an exclusive ``flock`` on ``<path>.lock`` refuses a
-second agent with the same state directory.  A full file system is
-``StoreFull`` (the buffer's policy decides).
+second agent with the same state directory.
+
+A full file system is ``StoreFull`` (the buffer's policy decides), and it is
+declared *before* SQLite meets ENOSPC: an append is refused when it would leave
+less than ``RESERVE_BYTES`` free (counting what the database's free pages can
+take).  SQLite at a
+truly full disk cannot even commit the deletes that would free room (the log
+and the checkpoint both need space), so the reserve is what keeps an
+acknowledgement possible.  Should another process fill the disk anyway, a
+delete that fails is kept and retried, never raised: the entry is acknowledged
+in memory, and at worst a restart re-sends it (a duplicate, same identity).
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import struct
@@ -29,6 +39,11 @@ from pathlib import Path
 from producer.buffer.base import Stored, StoreFull
 from producer.errors import ConfigError, HdrlogError
 from producer.records import Encoded
+
+log = logging.getLogger(__name__)
+
+#: free space an append must leave on the file system (besides the log's own size)
+RESERVE_BYTES = 2 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -62,16 +77,37 @@ class DiskStore:
             self._lock.close()
             raise HdrlogError(f"the disk buffer {path} is in use by another agent "
                               "(give each agent its own state_dir)") from None
+        self._stuck: list[int] = []
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # checkpoint often: entries live in the database file, whose free pages deletes refill,
+            # and the log stays small (what a full disk leaves room for)
+            self._db.execute("PRAGMA wal_autocheckpoint=64")
             self._db.execute(_SCHEMA)
+            self._page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         except sqlite3.Error as exc:
             self._lock.close()
             raise HdrlogError(f"cannot open the disk buffer {path}: {exc}") from exc
 
+    def _room(self, size: int) -> bool:
+        """Whether appending ``size`` bytes leaves the reserve free: the database grows by what of it its
+        free pages (left by deleted entries) cannot hold; the reserve covers the log, which checkpoints
+        keep to about one entry."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return True
+        free_pages = self._db.execute("PRAGMA freelist_count").fetchone()[0] * self._page
+        growth = size - free_pages
+        # growing the database must leave the whole reserve; refilling its free pages only log headroom
+        return st.f_bavail * st.f_frsize >= (growth + RESERVE_BYTES if growth > 0 else RESERVE_BYTES // 2)
+
     def append(self, entry: Encoded) -> int:
+        self._retry_deletes()
+        if not self._room(len(entry)):
+            raise StoreFull(f"the file system of {self.path} is nearly full")
         offsets = None if entry.offsets is None else struct.pack(f"<{len(entry.offsets)}I", *entry.offsets)
         try:
             cur = self._db.execute(
@@ -93,12 +129,22 @@ class DiskStore:
         return Encoded(topic, bytes(key), bytes(payload), offs, int(records), int(captured))
 
     def delete(self, entry_ids: list[int]) -> None:
-        if not entry_ids:
+        ids = self._stuck + entry_ids
+        if not ids:
             return
         try:
-            self._db.executemany("DELETE FROM entries WHERE id=?", [(i,) for i in entry_ids])
+            self._db.executemany("DELETE FROM entries WHERE id=?", [(i,) for i in ids])
+            self._stuck = []
         except sqlite3.OperationalError as exc:
-            raise HdrlogError(f"updating the disk buffer {self.path}: {exc}") from exc
+            if not _is_full(exc):
+                raise HdrlogError(f"updating the disk buffer {self.path}: {exc}") from exc
+            self._stuck = ids  # retried with the next delete or append
+            log.warning("the file system of %s is full: %d acknowledged entries stay until there is room",
+                        self.path, len(ids))
+
+    def _retry_deletes(self) -> None:
+        if self._stuck:
+            self.delete([])
 
     def existing(self) -> Iterator[Stored]:
         rows = self._db.execute("SELECT id, records, length(payload), captured_ns FROM entries ORDER BY id")

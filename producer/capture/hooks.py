@@ -5,14 +5,20 @@ killed agent left (ours only: other tools' tc filters and XDP programs are
 never touched), attaches, and starts the netlink watcher for patterns.
 ``detach_all`` removes every hook it attached (and the clsact qdisc when
 nothing else uses it); it never raises, it logs.
+
+With captures taken over from a killed agent (capture/pins.py), ``attach_all``
+then removes their hooks wherever else they still run (found by program id)
+and sets each one's ``closed``: from then on their ring buffers only empty.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 
 from producer.capture import links, xdp
+from producer.capture.pins import StaleCapture
 from producer.capture.program import CaptureProgram
 from producer.capture.tc import TcHooks
 from producer.config import CaptureConfig
@@ -24,7 +30,7 @@ log = logging.getLogger(__name__)
 
 class Hooks:
     def __init__(self, cfg: CaptureConfig, program: CaptureProgram, names: InterfaceNames,
-                 ifindexes: dict[str, int]) -> None:
+                 ifindexes: dict[str, int], stale: Sequence[StaleCapture] = ()) -> None:
         self._cfg = cfg
         self._program = program
         self._names = names
@@ -33,6 +39,7 @@ class Hooks:
         self._lock = threading.Lock()
         self._patterns = [s for s in cfg.interfaces if links.is_pattern(s)]
         self._watcher: links.LinkWatcher | None = None
+        self._stale = list(stale)
 
     @property
     def attached(self) -> list[str]:
@@ -54,11 +61,30 @@ class Hooks:
                 with self._lock:
                     self._attach(tc, name, idx)
                     self._attached[name] = idx
+        self._retire_stale()
         names = self.attached
         log.info("capturing on %s", ", ".join(names) or f"(none yet: waiting for {', '.join(self._patterns)})")
         if self._watcher is not None:
             self._watcher.start()
         return names
+
+    def _retire_stale(self) -> None:
+        """Remove the hooks of taken-over captures that are still attached anywhere in this namespace."""
+        ids = {i for s in self._stale for i in s.prog_ids}
+        if ids:
+            removed = 0
+            with TcHooks() as tc:
+                for idx in tc.links():
+                    gone = tc.remove_ours(idx, ids)
+                    if gone:
+                        removed += gone
+                        tc.drop_empty_clsact(idx)
+            for name in xdp.links_running(ids):
+                removed += xdp.detach_ours(name)
+            if removed:
+                log.info("removed %d hook(s) of a killed agent's capture elsewhere", removed)
+        for s in self._stale:
+            s.closed.set()
 
     def _attach_new(self, name: str, idx: int) -> None:
         """On the watcher's thread, with its own netlink socket."""

@@ -121,6 +121,10 @@ class CaptureProgram:
         return int(self._events.map_fd)
 
     @property
+    def counters_fd(self) -> int:
+        return int(self._counters.map_fd)
+
+    @property
     def ringbuf_size(self) -> int:
         return int(self._events.max_entries)
 

@@ -44,13 +44,21 @@ FINAL_DRAIN_S = 1.0
 
 @dataclass
 class Ring:
-    """One ring buffer to drain: ours, or one taken over from a killed agent (``taken_over``)."""
+    """One ring buffer to drain: ours, or one taken over from a killed agent (``taken_over``).
+
+    A taken-over ring is drained as it fills until ``closed`` (its hooks are gone), then to
+    its end; once everything read from it is released, ``on_done`` is called once.
+    """
 
     capture_id: str
     reader: RingBufferReader
     emitted: Callable[[], int]  # the kernel's count of records its program wrote into this ring
     taken_over: bool = False
+    closed: threading.Event | None = None
+    on_done: Callable[[Ring], None] | None = None
     drained: int = 0
+    finished: bool = False  # drained to its end
+    done: bool = False
 
 
 class KernelSource:
@@ -66,6 +74,7 @@ class KernelSource:
         self._poll = poll_interval_s
         self._pace = pace_s
         self._by_id = {r.capture_id: r for r in rings}
+        self._done_lock = threading.Lock()
 
     @property
     def rings(self) -> list[Ring]:
@@ -75,7 +84,12 @@ class KernelSource:
         try:
             for ring in self._rings:
                 if ring.taken_over:
+                    while ring.closed is not None and not ring.closed.is_set() and not self._detached.is_set():
+                        ring.reader.wait(self._poll)
+                        self.drain_ready(ring)
                     self._drain_to_end(ring)
+                    ring.finished = True
+                    self._check_done(ring)
             own = [r for r in self._rings if not r.taken_over]
             if own:
                 self._follow(own[0])
@@ -129,3 +143,13 @@ class KernelSource:
         ring = self._by_id.get(mark.capture_id)
         if ring is not None:
             ring.reader.release(mark.position)
+            self._check_done(ring)
+
+    def _check_done(self, ring: Ring) -> None:
+        """A taken-over ring drained to its end and released to its end is done with."""
+        with self._done_lock:
+            if not ring.finished or ring.done or ring.reader.pending_bytes() != ring.reader.unread_bytes():
+                return
+            ring.done = True
+        if ring.on_done is not None:
+            ring.on_done(ring)

@@ -38,6 +38,7 @@ class TcFilter:
     handle: int
     kind: str | None
     name: str | None
+    prog_id: int | None = None
 
 
 def _netlink_error(exc: NetlinkError, what: str) -> Exception:
@@ -82,16 +83,23 @@ class TcHooks:
                 kind = msg.get_attr("TCA_KIND")
                 opts = msg.get_attr("TCA_OPTIONS") if kind == "bpf" else None
                 name = opts.get_attr("TCA_BPF_NAME") if opts is not None else None
-                yield TcFilter(ifindex, hook, msg["info"] >> 16, msg["handle"], kind, name)
+                prog_id = opts.get_attr("TCA_BPF_ID") if opts is not None else None
+                yield TcFilter(ifindex, hook, msg["info"] >> 16, msg["handle"], kind, name, prog_id)
 
     def ours(self, ifindex: int) -> list[TcFilter]:
         return [f for f in self.filters(ifindex)
                 if f.kind == "bpf" and (f.name or "").startswith(PROGRAM_PREFIX)]
 
-    def remove_ours(self, ifindex: int) -> int:
-        """Delete every hdrlog filter on the link; returns how many were removed."""
+    def links(self) -> list[int]:
+        return [int(link["index"]) for link in self._ipr.get_links()]
+
+    def remove_ours(self, ifindex: int, prog_ids: set[int] | None = None) -> int:
+        """Delete every hdrlog filter on the link (only those running ``prog_ids``, if given);
+        returns how many were removed."""
         removed = 0
         for f in self.ours(ifindex):
+            if prog_ids is not None and f.prog_id not in prog_ids:
+                continue
             try:
                 self._ipr.tc(
                     "del-filter", "bpf", ifindex, f.handle,

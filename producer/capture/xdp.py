@@ -28,6 +28,7 @@ _ATTACHED = {1: "native", 2: "generic", 3: "offload"}
 class XdpAttached:
     name: str | None
     mode: str
+    prog_id: int | None = None
 
 
 def attached(ifname: str) -> XdpAttached | None:
@@ -36,12 +37,28 @@ def attached(ifname: str) -> XdpAttached | None:
                          text=True, check=False)
     if res.returncode != 0:
         raise CaptureError(f"cannot inspect {ifname}: {res.stderr.strip()}")
-    info: dict[str, Any] = json.loads(res.stdout)[0]
+    return _from_link(json.loads(res.stdout)[0])
+
+
+def _from_link(info: dict[str, Any]) -> XdpAttached | None:
     xdp = info.get("xdp")
     if not xdp:
         return None
     prog = xdp.get("prog") or {}
-    return XdpAttached(prog.get("name"), _ATTACHED.get(int(xdp.get("mode", 0)), "unknown"))
+    return XdpAttached(prog.get("name"), _ATTACHED.get(int(xdp.get("mode", 0)), "unknown"), prog.get("id"))
+
+
+def links_running(prog_ids: set[int]) -> list[str]:
+    """The links whose XDP program is one of ``prog_ids``."""
+    res = subprocess.run(["ip", "-j", "-d", "link", "show"], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise CaptureError(f"cannot list links: {res.stderr.strip()}")
+    found = []
+    for info in json.loads(res.stdout):
+        x = _from_link(info)
+        if x is not None and x.prog_id in prog_ids:
+            found.append(str(info["ifname"]))
+    return found
 
 
 def _bcc() -> Any:

@@ -7,19 +7,29 @@ be passed through (``[kafka.properties]``: TLS, SASL, ``message.timeout.ms``).
 
 Delivery, in order and never silently lost:
 
-* Entries are taken from the buffer oldest first and produced; librdkafka's
-  local queue is bounded (``queue.buffering.max.kbytes``) and a full one is
-  waited on (serving delivery reports), never dropped.
+* Entries are taken from the buffer oldest first and produced, at most
+  ``window_bytes`` of them outstanding: the rest wait in the buffer, where they
+  are durable (disk) and where ``when_full = drop_oldest`` can evict them.
+  librdkafka's local queue is bounded too (``queue.buffering.max.kbytes``); a
+  full one is waited on (serving delivery reports), never dropped.
 * An entry is acknowledged to the buffer (and leaves it) only when every one of
   its messages is delivered, or failed permanently and went to the dead-letter
   file (``Drop.DEAD_LETTER``).
 * A retriable failure (broker down, ``message.timeout.ms`` expired, a fatal
-  idempotence error, ...) *holds* the publisher: nothing new is produced, what
-  is still queued locally is purged (it comes back as failed), and once nothing
-  is in flight the buffer is rewound and every unacknowledged entry is sent
-  again in its original order, after a backoff.  So the first occurrences of
-  one instance's sequence numbers increase within the partition across
-  outages; re-sent messages can repeat (at-least-once) with the same identity.
+  idempotence error, ...) *holds* the publisher: nothing new is produced,
+  everything still outstanding in librdkafka is purged at once (it comes back as
+  failed), and once nothing is in flight the buffer is rewound and every
+  unacknowledged entry is sent again in its original order, after a backoff.
+* ``message.timeout.ms`` is enforced here, not by librdkafka (whose own timeout is
+  set to infinite): librdkafka expires each message on its own, so an older
+  message could expire while a newer one is still delivered, a gap that would
+  put the older one after the newer when re-sent.  Here, when the oldest
+  outstanding message is older than the timeout, *all* outstanding messages are
+  purged together (queued and in flight; the idempotent producer refuses a
+  newer in-flight message whose predecessor is missing), so none can overtake.
+  Thus the first occurrences of one instance's sequence numbers increase within
+  the partition across outages; re-sent messages can repeat (at-least-once)
+  with the same identity.
 
 Exit is bounded: after ``begin_exit(deadline)`` the publisher stops at the
 deadline; what a memory buffer still holds is ``Drop.UNFLUSHED_AT_EXIT``, what
@@ -55,7 +65,7 @@ DEFAULTS: Mapping[str, Any] = {
     "linger.ms": 5,  # the batcher already waited; this only gathers one entry's messages
     "batch.num.messages": 10000,
     "partitioner": "murmur2_random",
-    "message.timeout.ms": 120000,
+    "message.timeout.ms": 120000,  # enforced by KafkaPublisher; librdkafka's own is set to 0 (infinite)
     "queue.buffering.max.kbytes": 32768,  # librdkafka's own queue; the buffer holds the rest
 }
 
@@ -67,6 +77,8 @@ PERMANENT = frozenset({
     KafkaError.INVALID_REQUIRED_ACKS, KafkaError._INVALID_ARG, KafkaError.TOPIC_EXCEPTION,
 })
 MAX_BACKOFF_S = 30.0
+#: bytes of entries outstanding in librdkafka at most (a few batch messages' worth)
+WINDOW_BYTES = 4 << 20
 
 
 def is_permanent(err: KafkaError) -> bool:
@@ -91,6 +103,7 @@ class _Flight:
     entry_id: int
     entry: Encoded
     on_done: Callable[[_Flight], None]
+    started: float = 0.0  # when its first message was produced (monotonic)
     remaining: int = 0
     produced_all: bool = False
     next_message: int = 0
@@ -121,15 +134,23 @@ class KafkaPublisher:
 
     def __init__(self, bootstrap_servers: str, properties: Mapping[str, str], buffer: Buffer,
                  telemetry: Telemetry, dead_letters: DeadLetters, *, retry_backoff_s: float = 1.0,
+                 window_bytes: int = WINDOW_BYTES,
                  producer_factory: Callable[[dict[str, Any]], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.bootstrap_servers = bootstrap_servers
         self._conf = producer_config(bootstrap_servers, properties)
         self._conf["error_cb"] = self._on_error
+        try:
+            self._timeout_s = float(self._conf.pop("message.timeout.ms")) / 1000.0
+        except ValueError as exc:
+            raise BrokerError(f"invalid Kafka settings: message.timeout.ms: {exc}") from exc
+        self._conf.pop("delivery.timeout.ms", None)
+        self._conf["message.timeout.ms"] = 0  # see the module docstring: the timeout is ours
         self._factory = producer_factory or (lambda conf: Producer(conf, logger=log))
         self._buffer = buffer
         self._tel = telemetry
         self._dead = dead_letters
+        self._window = window_bytes
         self._backoff0 = retry_backoff_s
         self._backoff = retry_backoff_s
         self._clock = clock
@@ -212,6 +233,7 @@ class KafkaPublisher:
                 if self._hold is not None:
                     self._serve_hold()
                     continue
+                self._expire()
                 flight = self._partial or self._next()
                 if flight is not None:
                     self._produce(flight)
@@ -220,6 +242,9 @@ class KafkaPublisher:
             self._finish()
 
     def _next(self) -> _Flight | None:
+        if sum(len(f.entry) for f in self._flights.values()) >= self._window:
+            self._producer.poll(0.05)  # the window is full: wait for acknowledgements
+            return None
         item = self._buffer.take(0.05 if self._flights else 0.2)
         if item is None:
             self._producer.poll(0.05 if self._flights else 0)
@@ -227,8 +252,20 @@ class KafkaPublisher:
         entry_id, entry = item
         return _Flight(entry_id, entry, self._done)
 
+    def _expire(self) -> None:
+        """``message.timeout.ms``: the oldest outstanding entry waited too long; fail everything outstanding."""
+        if self._timeout_s <= 0 or not self._flights:
+            return
+        oldest = min(f.started for f in self._flights.values())
+        if self._clock() - oldest >= self._timeout_s:
+            self._begin_hold(KafkaError(KafkaError._MSG_TIMED_OUT, "Local: Message timed out", retriable=True),
+                             "Local: Message timed out")
+
     def _produce(self, flight: _Flight) -> None:
         values = flight.entry.values()
+        per_message = flight.entry.records if flight.entry.offsets is None else 1  # records per message
+        if not flight.started:
+            flight.started = self._clock()
         self._flights[flight.entry_id] = flight
         self._partial = flight
         while flight.next_message < len(values):
@@ -247,8 +284,7 @@ class KafkaPublisher:
             except KafkaException as exc:
                 err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
                 if err is not None and is_permanent(err):  # refused locally (too large for message.max.bytes)
-                    flight.dead.append((values[flight.next_message], err, flight.entry.message_records()[
-                        flight.next_message]))
+                    flight.dead.append((values[flight.next_message], err, per_message))
                     flight.next_message += 1
                     continue
                 self._fatal = True  # a fatal producer state: start over with a new producer
@@ -258,7 +294,7 @@ class KafkaPublisher:
             flight.remaining += 1
             flight.next_message += 1
             self._tel.add(Stat.MESSAGES_PRODUCED)
-            self._tel.add(Stat.PRODUCED, flight.entry.message_records()[flight.next_message - 1])
+            self._tel.add(Stat.PRODUCED, per_message)
         flight.produced_all = True
         self._partial = None
         if flight.remaining == 0:
@@ -295,10 +331,10 @@ class KafkaPublisher:
             self._hold = err or KafkaError(KafkaError._FATAL, text, fatal=True)
             self._tel.delivery_failed(text, retriable=True)
             self._tel.broker_down(text)
-            # what librdkafka still queues locally comes back as failed (ERR__PURGE_QUEUE): no message
-            # produced after the failure can overtake the ones that failed
+            # everything outstanding comes back as failed (ERR__PURGE_QUEUE / ERR__PURGE_INFLIGHT) at once:
+            # no message produced after the failure can overtake the ones that failed
             with contextlib.suppress(KafkaException):
-                self._producer.purge(in_queue=True, in_flight=False, blocking=False)
+                self._producer.purge(in_queue=True, in_flight=True, blocking=False)
 
     def _serve_hold(self) -> None:
         """Wait for every entry in flight to resolve; then rewind, back off, and resume."""

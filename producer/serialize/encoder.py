@@ -176,7 +176,12 @@ class EncodeStage:
                 except Closed:
                     return
                 if batch is not None:
-                    self._handle(batch)
+                    try:
+                        self._handle(batch)
+                    except BaseException:
+                        # a bug: the agent stops; the batch in hand is counted, not lost unseen
+                        self._tel.drop(Drop.AFTER_FAILURE, len(batch), "the encode stage failed on it")
+                        raise
         finally:
             self._buffer.close_input()
 

@@ -1,0 +1,224 @@
+"""Restart without a gap: pin each capture's ring buffer in bpffs, take over a killed agent's.
+
+Every capture (one loaded program, named by its ``capture_id``) pins its ring
+buffer, its counters and its programs under
+
+    <capture.pin_dir>/<scope>/<capture_id>/{events,counters,ingress,egress,xdp}
+
+where ``scope`` is derived from the agent's state directory: one agent, one
+state directory, one scope, so agents never take over each other's captures.
+While an agent runs it holds an exclusive lock on
+``<state_dir>/captures/<capture_id>.lock``.
+
+At start, a capture directory in our scope whose lock nobody holds belongs to
+an agent that was killed.  Its hooks are still attached and its programs still
+write into its ring buffer.  We take it over: our hooks replace its hooks on our
+links, its hooks anywhere else are removed (found by program id), and then its
+ring buffer is drained to the end from the position its agent had released
+(with a disk buffer, only what was stored), with its own capture id, so every
+record keeps its identity.  Then its pins are removed and the kernel frees it.
+Its kernel counters are reported in the summary (``taken_over``), so the
+records of both runs reconcile.
+
+A clean exit unpins its own capture (it has drained everything).  Without a
+BPF file system at ``pin_dir`` (and no right to mount one) the agent warns and
+runs without this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from producer import abi
+from producer.errors import CaptureError
+
+log = logging.getLogger(__name__)
+
+BPF_FS_MAGIC = 0xCAFE4A11
+_PINNED = ("events", "counters", "ingress", "egress", "xdp")
+
+
+def _lib() -> Any:
+    from bcc import libbcc  # the OS package python3-bpfcc
+
+    return libbcc.lib
+
+
+def _fdinfo(fd: int) -> dict[str, str]:
+    out: dict[str, str] = {}
+    with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def prog_id(fd: int) -> int:
+    return int(_fdinfo(fd)["prog_id"])
+
+
+def _is_bpffs(path: Path) -> bool:
+    """The file system type of ``path`` (coreutils' ``stat -f``; Python's statvfs has no f_type)."""
+    out = subprocess.run(["stat", "-f", "-c", "%t", str(path)], capture_output=True, text=True, check=False)
+    return out.returncode == 0 and int(out.stdout.strip() or "0", 16) == BPF_FS_MAGIC
+
+
+def ensure_bpffs(pin_dir: Path) -> bool:
+    """True if ``pin_dir`` can hold pins (mounting /sys/fs/bpf if that is where it is and nothing is)."""
+    mount = Path("/sys/fs/bpf")
+    if not _is_bpffs(mount) and (pin_dir == mount or mount in pin_dir.parents):
+        res = subprocess.run(["mount", "-t", "bpf", "bpf", str(mount)], capture_output=True, text=True,
+                             check=False)
+        if res.returncode != 0:
+            log.warning("no BPF file system at %s and it cannot be mounted (%s): a restarted agent will not "
+                        "recover what a killed one left in its ring buffer", mount, res.stderr.strip())
+            return False
+        log.info("mounted the BPF file system at %s", mount)
+    try:
+        pin_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("cannot use %s for pins (%s): no takeover after a restart", pin_dir, exc.strerror)
+        return False
+    if not _is_bpffs(pin_dir):
+        log.warning("%s is not on a BPF file system: no takeover after a restart", pin_dir)
+        return False
+    return True
+
+
+def _pin(fd: int, path: Path) -> None:
+    if _lib().bpf_obj_pin(fd, str(path).encode()) != 0:
+        raise CaptureError(f"cannot pin {path} in the BPF file system")
+
+
+def _get(path: Path) -> int:
+    fd = int(_lib().bpf_obj_get(str(path).encode()))
+    if fd < 0:
+        raise CaptureError(f"cannot open pinned {path}")
+    return fd
+
+
+def read_percpu_counters(fd: int) -> dict[str, int]:
+    """The ``counters`` map of a capture (pinned), summed over CPUs, by abi.KERNEL_COUNTERS name."""
+    from bcc.utils import get_possible_cpus
+
+    ncpu = max(get_possible_cpus()) + 1
+    out: dict[str, int] = {}
+    values = (ctypes.c_uint64 * ncpu)()
+    for i, name in enumerate(abi.KERNEL_COUNTERS):
+        key = ctypes.c_uint32(i)
+        if _lib().bpf_lookup_elem(fd, ctypes.byref(key), ctypes.byref(values)) != 0:
+            raise CaptureError("cannot read a pinned counters map")
+        out[name] = int(sum(values))
+    return out
+
+
+@dataclass
+class StaleCapture:
+    """A killed agent's capture, opened from its pins."""
+
+    capture_id: str
+    directory: Path
+    ring_fd: int
+    ring_size: int
+    counters_fd: int
+    prog_ids: set[int]
+    lock: IO[str]
+    closed: threading.Event = field(default_factory=threading.Event)  # its hooks are all gone
+
+    def counters(self) -> dict[str, int]:
+        return read_percpu_counters(self.counters_fd)
+
+    def release(self) -> None:
+        """Done with it: unpin (the kernel frees it once our fds close), close, unlock."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+        for fd in (self.ring_fd, self.counters_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.lock.close()
+
+
+class Pins:
+    def __init__(self, pin_dir: str, state_dir: Path) -> None:
+        scope = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
+        self.enabled = bool(pin_dir) and ensure_bpffs(Path(pin_dir))
+        self.scope_dir = Path(pin_dir) / scope
+        self._locks_dir = state_dir / "captures"
+        self._own: Path | None = None
+        self._own_lock: IO[str] | None = None
+
+    def _lock(self, capture_id: str) -> IO[str] | None:
+        """The capture's lock if we could take it (nobody alive holds it), else None."""
+        self._locks_dir.mkdir(parents=True, exist_ok=True)
+        f = open(self._locks_dir / f"{capture_id}.lock", "a")  # noqa: SIM115 - held while the capture lives
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return None
+        return f
+
+    def pin_own(self, capture_id: str, fds: dict[str, int]) -> None:
+        """Pin our capture's maps and programs (``fds``: name in _PINNED -> fd) and hold its lock."""
+        if not self.enabled:
+            return
+        self._own_lock = self._lock(capture_id)
+        directory = self.scope_dir / capture_id
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, fd in fds.items():
+            _pin(fd, directory / name)
+        self._own = directory
+
+    def pin_more(self, name: str, fd: int) -> None:
+        """Pin a program loaded later (the XDP one)."""
+        if self._own is not None:
+            _pin(fd, self._own / name)
+
+    def stale(self, own_id: str) -> list[StaleCapture]:
+        """The captures in our scope whose agents are gone, oldest first, each locked and opened."""
+        if not self.enabled or not self.scope_dir.is_dir():
+            return []
+        found: list[tuple[float, StaleCapture]] = []
+        for directory in self.scope_dir.iterdir():
+            if directory.name == own_id or not directory.is_dir():
+                continue
+            lock = self._lock(directory.name)
+            if lock is None:
+                continue  # a live agent with our state directory owns it
+            try:
+                ring_fd = _get(directory / "events")
+                counters_fd = _get(directory / "counters")
+            except CaptureError as exc:
+                log.warning("removing an unusable stale capture %s: %s", directory.name, exc)
+                shutil.rmtree(directory, ignore_errors=True)
+                lock.close()
+                continue
+            ids = set()
+            for name in ("ingress", "egress", "xdp"):
+                if (directory / name).exists():
+                    fd = _get(directory / name)
+                    ids.add(prog_id(fd))
+                    os.close(fd)
+            size = int(_fdinfo(ring_fd)["max_entries"])
+            found.append((directory.stat().st_mtime, StaleCapture(directory.name, directory, ring_fd, size,
+                                                                  counters_fd, ids, lock)))
+        return [s for _, s in sorted(found, key=lambda x: x[0])]
+
+    def unpin_own(self) -> None:
+        """A clean exit: our capture has been drained; nothing to take over."""
+        if self._own is not None:
+            shutil.rmtree(self._own, ignore_errors=True)
+            self._own = None
+        if self._own_lock is not None:
+            self._own_lock.close()
+            self._own_lock = None
