@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from producer import abi  # noqa: E402
 from producer.decode.convert import InterfaceNames, MonotonicToWall, RecordDecoder  # noqa: E402
 from producer.records import Batch  # noqa: E402
+from producer.serialize.columnar import ColumnarBatchEncoder, ColumnarRecordEncoder  # noqa: E402
 from producer.serialize.encoder import AvroBatchEncoder, AvroRecordEncoder, Identity  # noqa: E402
 from producer.serialize.schemas import AvroSchema  # noqa: E402
 
@@ -46,9 +47,13 @@ def main() -> None:
     t1 = time.process_time()
     print(f"records {n}: decode to dicts {(t1 - t0) / n * 1e6:.2f} us/record")
     ident = Identity("bench-host", "bench")
+    names, clock = InterfaceNames(lambda i: f"eth{i}"), MonotonicToWall()
+    batch_s, record_s = AvroSchema.load("HeaderBatch"), AvroSchema.load("HeaderRecord")
     encoders = {
-        "batch": AvroBatchEncoder(AvroSchema.load("HeaderBatch"), 1, "t", ident, decoder, 1_000_000),
-        "record": AvroRecordEncoder(AvroSchema.load("HeaderRecord"), 1, "t", ident, decoder),
+        "batch (fastavro, dicts)": AvroBatchEncoder(batch_s, 1, "t", ident, decoder, 1_000_000),
+        "record (fastavro, dicts)": AvroRecordEncoder(record_s, 1, "t", ident, decoder),
+        "batch (columnar)": ColumnarBatchEncoder(batch_s, 1, "t", ident, names, clock, 1_000_000),
+        "record (columnar)": ColumnarRecordEncoder(record_s, 1, "t", ident, names, clock),
     }
     for shape, enc in encoders.items():
         t0 = time.process_time()
@@ -56,7 +61,7 @@ def main() -> None:
         for i in range(0, n, 4096):
             size += sum(len(e) for e in enc.encode(Batch("c", arr[i:i + 4096], None)))
         cpu = time.process_time() - t0
-        print(f"  {shape:<6} decode+encode {cpu / n * 1e6:.2f} us/record ({size / n:.0f} bytes/record), "
+        print(f"  {shape:<25} {cpu / n * 1e6:5.2f} us/record ({size / n:.0f} bytes/record), "
               f"{n / cpu:,.0f} records per CPU-second")
 
 

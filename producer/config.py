@@ -135,6 +135,8 @@ class CaptureConfig:
         if self.ringbuf_pages <= 0 or self.ringbuf_pages & (self.ringbuf_pages - 1):
             raise _bad(f"{s}.ringbuf_pages", f"{self.ringbuf_pages} is not a power of two")
         _at_least(s, self, one=("poll_interval_ms", "wakeup_records", "sample_rate", "queue_chunks"))
+        if self.sample_rate > 2**31 - 1:
+            raise _bad(f"{s}.sample_rate", f"{self.sample_rate} is above 2147483647 (an Avro int)")
         _choice(f"{s}.hook", self.hook, HOOKS)
         _choice(f"{s}.xdp_mode", self.xdp_mode, XDP_MODES)
         if not 1 <= self.tc_priority <= 0xFFFF:

@@ -45,14 +45,8 @@ from producer.publish.kafka import WINDOW_BYTES, KafkaPublisher
 from producer.publish.sinks import Publisher, StreamPublisher
 from producer.records import Batch, Chunk
 from producer.retry import with_retry
-from producer.serialize.encoder import (
-    AvroBatchEncoder,
-    AvroRecordEncoder,
-    Encoder,
-    EncodeStage,
-    Identity,
-    JsonLinesEncoder,
-)
+from producer.serialize.columnar import ColumnarBatchEncoder, ColumnarRecordEncoder
+from producer.serialize.encoder import Encoder, EncodeStage, Identity, JsonLinesEncoder
 from producer.serialize.registry import Registry, resolve
 from producer.serialize.schemas import AvroSchema, Subject, agent_subjects
 from producer.telemetry.events import Stat, Telemetry
@@ -81,8 +75,8 @@ def _buffer(cfg: AgentConfig, telemetry: Telemetry) -> Buffer:
     return Buffer(store, b.cap_bytes, b.when_full, telemetry, kind)
 
 
-def _kafka(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Identity,
-           decoder: RecordDecoder) -> tuple[KafkaPublisher, Encoder, dict[str, int], list[Subject]]:
+def _kafka(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Identity, names: InterfaceNames,
+           clock: MonotonicToWall) -> tuple[KafkaPublisher, Encoder, dict[str, int], list[Subject]]:
     """Schema ids from the registry and a reachable broker, each retried until the connect timeout."""
     k, r = cfg.kafka, cfg.registry
     subjects = agent_subjects(k.topic, k.shape, cfg.telemetry.stats_topic)
@@ -102,9 +96,10 @@ def _kafka(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Ide
     head = subjects[0]
     encoder: Encoder
     if k.shape == "batch":
-        encoder = AvroBatchEncoder(head.schema, ids[head.name], k.topic, identity, decoder, cfg.batch.max_bytes)
+        encoder = ColumnarBatchEncoder(head.schema, ids[head.name], k.topic, identity, names, clock,
+                                       cfg.batch.max_bytes)
     else:
-        encoder = AvroRecordEncoder(head.schema, ids[head.name], k.topic, identity, decoder)
+        encoder = ColumnarRecordEncoder(head.schema, ids[head.name], k.topic, identity, names, clock)
     log.info("publishing %s messages to %s (schema %s id %d)", k.shape, k.topic, head.schema.name, ids[head.name])
     return publisher, encoder, ids, subjects
 
@@ -124,7 +119,7 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
         cancel = Cancel()
         identity = Identity(cfg.host_id, str(uuid.uuid4()))
         names = InterfaceNames()
-        decoder = RecordDecoder(names, MonotonicToWall())
+        clock = MonotonicToWall()
         buffer = _buffer(cfg, telemetry)
         resources.callback(buffer.close)
         publisher: Publisher
@@ -139,9 +134,9 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
             else:
                 stream = out or sys.stdout.buffer
             publisher = StreamPublisher(stream, buffer, telemetry, on_stdout_closed or (lambda: None), time.monotonic)
-            encoder: Encoder = JsonLinesEncoder(identity, decoder)
+            encoder: Encoder = JsonLinesEncoder(identity, RecordDecoder(names, clock))
         else:
-            kafka, encoder, schema_ids, subjects = _kafka(cfg, buffer, telemetry, identity, decoder)
+            kafka, encoder, schema_ids, subjects = _kafka(cfg, buffer, telemetry, identity, names, clock)
             resources.callback(kafka.close)
             publisher = kafka
             stats_subject = next((s for s in subjects if s.topic == cfg.telemetry.stats_topic), None)

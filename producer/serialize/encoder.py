@@ -1,10 +1,12 @@
 """Batches -> buffer entries: the bytes that will go to Kafka, stdout or a file.
 
 ``Encoder`` is the seam: ``encode(batch)`` returns the entries for one batch
-(usually one; more when a batch message would exceed ``max_bytes``).  The
-encoders here are the reference ones, on fastavro with a dict per record; the
-fast, compiled encoder (the performance issue) goes behind the same seam and
-must produce the same bytes.
+(usually one; more when a batch message would exceed ``max_bytes``).  The Avro
+encoders here are the *reference* ones, fastavro with a dict per record: the
+agent's Kafka path uses serialize/columnar.py (no Python object per record),
+which tests/test_columnar.py proves byte-identical to these; a compiled encoder
+would go behind the same seam under the same proof.  ``JsonLinesEncoder`` is
+the --stdout / --output path, which does build a dict per record.
 
 Message shapes (schemas/):
     batch   one HeaderBatch per message: host, instance, sequence, capture, records

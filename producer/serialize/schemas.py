@@ -34,6 +34,7 @@ class AvroSchema:
     name: str
     text: str  # canonical JSON as registered
     parsed: Any  # fastavro's parsed schema
+    raw: Any  # the JSON document as written
 
     @classmethod
     def load(cls, name: str, directory: Path | None = None) -> AvroSchema:
@@ -47,7 +48,7 @@ class AvroSchema:
             parsed = fastavro.parse_schema(raw)
         except (OSError, ValueError, fastavro.schema.SchemaParseException) as exc:
             raise SerializationError(f"schema {path} cannot be used: {exc}") from exc
-        return cls(name, json.dumps(raw, separators=(",", ":")), parsed)
+        return cls(name, json.dumps(raw, separators=(",", ":")), parsed, json.loads(path.read_text(encoding="utf-8")))
 
 
 @dataclass(frozen=True, slots=True)
