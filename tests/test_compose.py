@@ -106,6 +106,7 @@ def test_agent_network_capabilities_and_mounts(compose: dict[str, Any]) -> None:
     assert mounts["/sys/fs/bpf"][0] == "/sys/fs/bpf"
     assert mounts["/lib/modules"] == ("/lib/modules", True)
     assert mounts["/usr/src"] == ("/usr/src", True)
+    assert mounts["/var/lib/hdrlog"] == ("agent-state", False)  # the disk buffer outlives the container
 
 
 def test_agent_environment(compose: dict[str, Any]) -> None:
@@ -113,6 +114,7 @@ def test_agent_environment(compose: dict[str, Any]) -> None:
     env = _env(agent)
     assert env["HDRLOG_IFACE"] == "eth0"
     assert env["HDRLOG_TOPIC"] == "hdrlog.headers"
+    assert env["HDRLOG_BUFFER_TYPE"] == "disk"
     # host network: the agent reaches what kafka and registry publish on 127.0.0.1
     kafka_host = _published(compose["services"]["kafka"])
     registry_host = _published(compose["services"]["registry"])

@@ -19,6 +19,10 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from producer.errors import RegistryError
 from producer.serialize.schemas import Subject
 
+#: what the registry client raises for the registry's own reasons: classified below; anything
+#: else is a bug and propagates (it must not be retried for the connect timeout)
+CLIENT_ERRORS = (SchemaRegistryError, httpx2.HTTPError, OSError, ValueError)
+
 
 def _classify(exc: Exception, url: str, what: str) -> RegistryError:
     if isinstance(exc, SchemaRegistryError):
@@ -28,6 +32,8 @@ def _classify(exc: Exception, url: str, what: str) -> RegistryError:
             retriable=status >= 500 or status in (408, 429),
         )
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, ValueError):  # an answer that is not the registry's API (JSON, fields)
+        return RegistryError(f"schema registry at {url} answered {what} with something unexpected: {reason}")
     return RegistryError(f"cannot reach schema registry at {url}: {reason}", retriable=True)
 
 
@@ -61,7 +67,7 @@ class Registry:
         """Register (or find) the Avro schema under ``subject``; returns its id."""
         try:
             return int(self._client.register_schema(subject, Schema(schema_text, "AVRO")))
-        except Exception as exc:  # httpx/requests transport errors vary by version
+        except CLIENT_ERRORS as exc:
             raise _classify(exc, self.url, f"registering {subject}") from exc
 
     def lookup(self, subject: Subject) -> int:
@@ -75,7 +81,7 @@ class Registry:
                     f"(registry.auto_register is false): the registry says \"{exc.error_message}\"; "
                     "register it with `hdrlog schemas register`") from exc
             raise _classify(exc, self.url, f"looking up {subject.name}") from exc
-        except Exception as exc:
+        except CLIENT_ERRORS as exc:
             raise _classify(exc, self.url, f"looking up {subject.name}") from exc
         if found.schema_id is None:
             raise RegistryError(f"the registry gave no id for {subject.name}")
@@ -91,8 +97,8 @@ class Registry:
         try:
             self._client.lookup_schema(subject.name, Schema(subject.schema.text, "AVRO"))
             return Compatibility(subject.name, True, True, True, "")
-        except SchemaRegistryError as exc:
-            if exc.http_status_code != 404:
+        except CLIENT_ERRORS as exc:
+            if not isinstance(exc, SchemaRegistryError) or exc.http_status_code != 404:
                 raise _classify(exc, self.url, f"looking up {subject.name}") from exc
         answer = self._post(f"/compatibility/subjects/{name}/versions/latest?verbose=true", body)
         if answer.get("is_compatible"):
@@ -163,7 +169,7 @@ class Registry:
     def schema_text(self, schema_id: int) -> str:
         try:
             return str(self._client.get_schema(schema_id).schema_str)
-        except Exception as exc:
+        except CLIENT_ERRORS as exc:
             raise _classify(exc, self.url, f"schema id {schema_id}") from exc
 
 
