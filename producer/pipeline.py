@@ -230,12 +230,18 @@ class Takeover:
         self.rings: list[Ring] = []
         self._done: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        for s in stale:
-            reader = RingBufferReader(s.ring_fd, s.ring_size, abi.RECORD_DTYPE, release_on_drain=release_on_drain)
-            log.warning("taking over capture %s of a killed agent: %d records wait in its ring buffer",
-                        s.capture_id, reader.unread_bytes() // reader.stride)
-            self.rings.append(Ring(s.capture_id, reader, lambda s=s: s.counters()["emitted"],  # type: ignore[misc]
-                                   taken_over=True, closed=s.closed, on_done=self._finish))
+        try:
+            for s in stale:
+                reader = RingBufferReader(s.ring_fd, s.ring_size, abi.RECORD_DTYPE,
+                                          release_on_drain=release_on_drain)
+                log.warning("taking over capture %s of a killed agent: %d records wait in its ring buffer",
+                            s.capture_id, reader.unread_bytes() // reader.stride)
+                self.rings.append(Ring(s.capture_id, reader,
+                                       lambda s=s: s.counters()["emitted"],  # type: ignore[misc]
+                                       taken_over=True, closed=s.closed, on_done=self._finish))
+        except BaseException:
+            self.close()
+            raise
 
     def _finish(self, ring: Ring) -> None:
         """Drained and released to its end: record its final counters, unpin it, let the kernel free it."""
@@ -252,9 +258,12 @@ class Takeover:
 
     def close(self) -> None:
         """At exit: what was not finished stays pinned for the next start; only our handles go."""
-        for ring, s in zip(self.rings, self.stale, strict=True):
+        done = {r.capture_id for r in self.rings if r.done}
+        for ring in self.rings:
             if not ring.done:
                 ring.reader.close()
+        for s in self.stale:
+            if s.capture_id not in done:
                 for fd in (s.ring_fd, s.counters_fd):
                     os.close(fd)
                 s.lock.close()

@@ -223,6 +223,20 @@ def test_a_full_store_counts_as_full(policy: str, reason: Drop, lost: int) -> No
     assert tel.get(reason) == lost and buf.state().entries == 2
 
 
+def test_a_store_that_cannot_delete_does_not_evict_everything() -> None:
+    """A full disk where even deletes wait: evicting frees nothing, so the new entry is refused instead."""
+
+    class _Stuck(_FullStore):
+        def stuck(self) -> bool:
+            return True
+
+    tel = Telemetry()
+    buf = Buffer(_Stuck(room=3), 1 << 20, "drop_oldest", tel, "disk")
+    for i in range(5):
+        buf.put(_entry(1, tag=i))
+    assert buf.state().entries == 3 and tel.get(Drop.BUFFER_EVICTED) == 0 and tel.get(Drop.BUFFER_FULL) == 2
+
+
 def test_disk_buffer_survives_reopening_and_is_one_agents(tmp_path: Path) -> None:
     tel = Telemetry()
     store = DiskStore(tmp_path / "b.sqlite")
@@ -378,6 +392,34 @@ def test_a_full_local_queue_is_waited_on_not_dropped(tmp_path: Path) -> None:
     _run(_publisher(buf, tel, producer, tmp_path), buf)
     assert len(producer.delivered) == 50 and tel.get(Stat.DELIVERED) == 50
     assert tel.get(Stat.PRODUCER_QUEUE_FULL_WAITS) > 0
+
+
+def test_reports_after_exit_change_nothing(tmp_path: Path) -> None:
+    """Once the publisher has finished, the agent has counted what it left; a late report is ignored
+    and closing drops what librdkafka holds without serving its reports."""
+    tel = Telemetry()
+    buf = Buffer(MemoryStore(), 1 << 20, "block", tel, "memory")
+    buf.put(_entry(4))
+    producer = FakeProducer(lambda v: None)
+    producer.stalled = True
+    pub = _publisher(buf, tel, producer, tmp_path)
+    pub.begin_exit(time.monotonic() + 0.3)
+    _run(pub, buf)
+    assert buf.state().records == 4  # left for the agent to count
+    producer.stalled = False
+    producer.poll(0)  # a late report
+    pub.close()
+    assert tel.get(Stat.DELIVERED) == 0 and buf.state().records == 4
+
+
+def test_a_dead_letter_file_that_cannot_be_written_still_counts(tmp_path: Path) -> None:
+    tel = Telemetry()
+    buf = Buffer(MemoryStore(), 1 << 20, "block", tel, "memory")
+    buf.put(_entry(3))
+    (tmp_path / "dead.jsonl").mkdir()  # not writable as a file
+    producer = FakeProducer(lambda v: KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+    _run(_publisher(buf, tel, producer, tmp_path), buf)
+    assert tel.get(Drop.DEAD_LETTER) == 3 and buf.state().entries == 0
 
 
 def test_exit_deadline_leaves_the_rest_in_the_buffer(tmp_path: Path) -> None:

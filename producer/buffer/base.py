@@ -61,6 +61,11 @@ class Store(Protocol):
 
     def load(self, entry_id: int) -> Encoded: ...
     def delete(self, entry_ids: list[int]) -> None: ...
+
+    def stuck(self) -> bool:
+        """Deletes are waiting for room (a full disk): evicting would free nothing now."""
+        ...
+
     def existing(self) -> Iterator[Stored]:
         """The entries already there when opened (a previous run's), oldest first."""
         ...
@@ -137,8 +142,12 @@ class Buffer:
                 if self._policy == "drop_newest":
                     self._tel.drop(Drop.BUFFER_FULL, entry.records, f"the {self.kind} buffer is full ({full_reason})")
                     return True
-                if self._policy == "drop_oldest" and self._evict_for(size):
-                    continue
+                if self._policy == "drop_oldest" and not self._store.stuck() and self._evict_for(size):
+                    continue  # (a store that cannot even delete frees nothing by evicting: refuse instead)
+                if self._policy == "drop_oldest" and self._store.stuck():
+                    self._tel.drop(Drop.BUFFER_FULL, entry.records,
+                                   f"the {self.kind} buffer is full and cannot free room ({full_reason})")
+                    return True
                 if self._policy == "drop_oldest" and not self._evictable():
                     self._tel.drop(Drop.BUFFER_FULL, entry.records,
                                    f"the {self.kind} buffer is full and all of it is being sent ({full_reason})")

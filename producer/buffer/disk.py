@@ -77,9 +77,13 @@ class DiskStore:
             self._lock.close()
             raise HdrlogError(f"the disk buffer {path} is in use by another agent "
                               "(give each agent its own state_dir)") from None
+        except OSError as exc:
+            self._lock.close()
+            raise HdrlogError(f"cannot lock the disk buffer {path}: {exc.strerror}") from exc
         self._stuck: list[int] = []
+        db: sqlite3.Connection | None = None
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db = db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             # checkpoint often: entries live in the database file, whose free pages deletes refill,
@@ -88,6 +92,8 @@ class DiskStore:
             self._db.execute(_SCHEMA)
             self._page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         except sqlite3.Error as exc:
+            if db is not None:
+                db.close()
             self._lock.close()
             raise HdrlogError(f"cannot open the disk buffer {path}: {exc}") from exc
 
@@ -141,6 +147,9 @@ class DiskStore:
             self._stuck = ids  # retried with the next delete or append
             log.warning("the file system of %s is full: %d acknowledged entries stay until there is room",
                         self.path, len(ids))
+
+    def stuck(self) -> bool:
+        return bool(self._stuck)
 
     def _retry_deletes(self) -> None:
         if self._stuck:

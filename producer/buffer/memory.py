@@ -26,6 +26,9 @@ class MemoryStore:
         for entry_id in entry_ids:
             self._entries.pop(entry_id, None)
 
+    def stuck(self) -> bool:
+        return False
+
     def existing(self) -> Iterator[Stored]:
         return iter(())
 

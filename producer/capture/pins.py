@@ -196,23 +196,37 @@ class Pins:
             if lock is None:
                 continue  # a live agent with our state directory owns it
             try:
-                ring_fd = _get(directory / "events")
-                counters_fd = _get(directory / "counters")
-            except CaptureError as exc:
+                stale = self._open(directory, lock)
+            except (CaptureError, OSError, KeyError, ValueError) as exc:
+                # unusable (a half-written directory, a map gone): it can never be drained; remove it
                 log.warning("removing an unusable stale capture %s: %s", directory.name, exc)
                 shutil.rmtree(directory, ignore_errors=True)
                 lock.close()
                 continue
+            found.append((directory.stat().st_mtime, stale))
+        return [s for _, s in sorted(found, key=lambda x: x[0])]
+
+    @staticmethod
+    def _open(directory: Path, lock: IO[str]) -> StaleCapture:
+        """Open one stale capture's pins; on any failure nothing opened is left open."""
+        fds: list[int] = []
+        try:
+            fds.append(_get(directory / "events"))
+            fds.append(_get(directory / "counters"))
             ids = set()
             for name in ("ingress", "egress", "xdp"):
                 if (directory / name).exists():
                     fd = _get(directory / name)
-                    ids.add(prog_id(fd))
-                    os.close(fd)
-            size = int(_fdinfo(ring_fd)["max_entries"])
-            found.append((directory.stat().st_mtime, StaleCapture(directory.name, directory, ring_fd, size,
-                                                                  counters_fd, ids, lock)))
-        return [s for _, s in sorted(found, key=lambda x: x[0])]
+                    try:
+                        ids.add(prog_id(fd))
+                    finally:
+                        os.close(fd)
+            size = int(_fdinfo(fds[0])["max_entries"])
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return StaleCapture(directory.name, directory, fds[0], size, fds[1], ids, lock)
 
     def unpin_own(self) -> None:
         """A clean exit: our capture has been drained; nothing to take over."""

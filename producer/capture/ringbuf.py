@@ -90,6 +90,11 @@ class RingBufferReader:
     def unread_bytes(self) -> int:
         return self._producer_pos() - self._read
 
+    @property
+    def read_position(self) -> int:
+        """Where the next drain starts: the position after the last record read."""
+        return self._read
+
     def producer_position(self) -> int:
         return self._producer_pos()
 

@@ -47,7 +47,8 @@ class Ring:
     """One ring buffer to drain: ours, or one taken over from a killed agent (``taken_over``).
 
     A taken-over ring is drained as it fills until ``closed`` (its hooks are gone), then to
-    its end; once everything read from it is released, ``on_done`` is called once.
+    its end; once the encode stage has released the position after its last record (every
+    batch of it has passed, whatever the buffer type), ``on_done`` is called once.
     """
 
     capture_id: str
@@ -59,6 +60,7 @@ class Ring:
     drained: int = 0
     finished: bool = False  # drained to its end
     done: bool = False
+    released_to: int = -1  # the highest position the encode stage has released (-1: none yet)
 
 
 class KernelSource:
@@ -141,14 +143,22 @@ class KernelSource:
     def release(self, mark: RingMark) -> None:
         """The records of ``mark``'s ring up to its position are stored: the kernel may reuse the space."""
         ring = self._by_id.get(mark.capture_id)
-        if ring is not None:
+        if ring is None:
+            return
+        with self._done_lock:
+            if ring.done:  # its reader is closed
+                return
             ring.reader.release(mark.position)
-            self._check_done(ring)
+            ring.released_to = max(ring.released_to, mark.position)
+        self._check_done(ring)
 
     def _check_done(self, ring: Ring) -> None:
-        """A taken-over ring drained to its end and released to its end is done with."""
+        """A taken-over ring drained to its end whose last record has passed the encode stage is done
+        with.  Not before: its batches may still be in the channels, and their release needs the reader."""
         with self._done_lock:
-            if not ring.finished or ring.done or ring.reader.pending_bytes() != ring.reader.unread_bytes():
+            if not ring.finished or ring.done:
+                return
+            if ring.drained and ring.released_to < ring.reader.read_position:
                 return
             ring.done = True
         if ring.on_done is not None:

@@ -51,7 +51,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from producer.buffer.base import Buffer
-from producer.errors import BrokerError
+from producer.errors import BrokerError, HdrlogError
 from producer.publish.deadletter import DeadLetters
 from producer.records import Encoded
 from producer.telemetry.events import Drop, Stat, Telemetry
@@ -160,6 +160,8 @@ class KafkaPublisher:
         self._fatal = False
         self._exit_at: float | None = None
         self._stop = threading.Event()
+        self._finished = False
+        self._failure: HdrlogError | None = None
         try:
             self._producer = self._factory(self._conf)
         except KafkaException as exc:
@@ -278,8 +280,9 @@ class KafkaPublisher:
             except BufferError:
                 self._tel.add(Stat.PRODUCER_QUEUE_FULL_WAITS)
                 self._producer.poll(0.05)
-                if self._exit_at is not None and self._clock() >= self._exit_at:
+                if self._stop.is_set() or (self._exit_at is not None and self._clock() >= self._exit_at):
                     return  # stays partial; counted at exit
+                self._expire()  # a queue full for longer than message.timeout.ms is a failure too
                 continue
             except KafkaException as exc:
                 err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
@@ -301,7 +304,11 @@ class KafkaPublisher:
             self._done(flight)
 
     def _done(self, flight: _Flight) -> None:
-        """Every message of ``flight`` has an outcome (or will never be sent)."""
+        """Every message of ``flight`` has an outcome (or will never be sent).
+
+        Runs inside ``producer.poll`` (librdkafka's delivery report): nothing may raise out of it."""
+        if self._finished:
+            return  # after exit the buffer has decided what the entry is (counted or kept)
         self._flights.pop(flight.entry_id, None)
         entry = flight.entry
         if flight.retry is not None:
@@ -309,6 +316,12 @@ class KafkaPublisher:
             if flight.retry.fatal():
                 self._fatal = True
             self._begin_hold(flight.retry, flight.retry.str())
+            return
+        try:
+            self._buffer.ack([flight.entry_id])
+        except HdrlogError as exc:  # the store is broken: stop, with this entry still unacknowledged
+            self._failure = exc
+            self._stop.set()
             return
         self._tel.add(Stat.DELIVERED, flight.delivered_records)
         self._tel.add(Stat.MESSAGES_DELIVERED, flight.delivered_messages)
@@ -318,13 +331,15 @@ class KafkaPublisher:
             if entry.captured_ns:
                 self._tel.delivered_after(max(0.0, (time.monotonic_ns() - entry.captured_ns) / 1e9))
         if flight.dead:
-            for value, err, records in flight.dead:
-                self._dead.write(entry.topic, entry.key, value, err.name(), err.str(), records)
+            kept = f"kept in {self._dead.path}"
+            try:
+                for value, err, records in flight.dead:
+                    self._dead.write(entry.topic, entry.key, value, err.name(), err.str(), records)
+            except OSError as exc:
+                kept = f"NOT kept: writing {self._dead.path} failed: {exc.strerror}"
             lost = sum(r for _v, _e, r in flight.dead)
             self._tel.delivery_failed(flight.dead[0][1].str(), retriable=False)
-            self._tel.drop(Drop.DEAD_LETTER, lost,
-                           f"Kafka refused for good ({flight.dead[0][1].name()}); kept in {self._dead.path}")
-        self._buffer.ack([flight.entry_id])
+            self._tel.drop(Drop.DEAD_LETTER, lost, f"Kafka refused for good ({flight.dead[0][1].name()}); {kept}")
 
     def _begin_hold(self, err: KafkaError | None, text: str) -> None:
         if self._hold is None:
@@ -368,9 +383,15 @@ class KafkaPublisher:
         end = self._clock() + left
         while self._flights and self._clock() < end:
             self._producer.poll(min(0.1, max(0.0, end - self._clock())))
-        # what is still unresolved stays unacknowledged: the buffer decides what that means
+        # what is still unresolved stays unacknowledged: the buffer decides what that means, and a
+        # report that comes later changes nothing (see _done)
+        self._finished = True
         self._flights.clear()
         self._partial = None
+        if self._failure is not None:
+            raise self._failure
 
     def close(self) -> None:
-        self._producer.flush(0)
+        """Drop what librdkafka still holds, without serving its reports: the agent has counted it."""
+        with contextlib.suppress(KafkaException):
+            self._producer.purge(in_queue=True, in_flight=True, blocking=False)
