@@ -92,10 +92,6 @@ class AgentReport:
         return {"interfaces": self.interfaces, "kernel": self.kernel, "agent": self.user, **self.extra}
 
 
-def _records(item: Any) -> int:
-    return len(item)
-
-
 class Agent:
     def __init__(self, parts: AgentParts, *, duration_s: float | None, flush_timeout_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -186,7 +182,7 @@ class Agent:
                     p.publisher.stop()
         reason = p.cancel.reason if p.cancel.is_set() else Drop.UNFLUSHED_AT_EXIT
         for channel in p.channels:
-            left = sum(_records(item) for item in channel.abandon())
+            left = sum(len(item) for item in channel.abandon())
             p.telemetry.drop(reason, left, f"still in the {channel.name} channel at exit")
         state = p.buffer.state()
         if p.buffer.kind == "disk":

@@ -61,10 +61,6 @@ class Channel(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def put(self, item: T, cancel: Cancel | None = None) -> bool:
         """Append ``item``, waiting while the channel is full; False if ``cancel`` was set first."""
         with self._cond:

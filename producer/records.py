@@ -18,8 +18,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from producer import abi
-
 Records = npt.NDArray[Any]
 """An array of ``abi.RECORD_DTYPE``."""
 
@@ -65,10 +63,6 @@ class Batch:
     @property
     def first_ts_ns(self) -> int:
         return int(self.records["ts_ns"].min()) if len(self.records) else 0
-
-    @staticmethod
-    def empty(capture_id: str = "") -> Batch:
-        return Batch(capture_id, np.empty(0, dtype=abi.RECORD_DTYPE), None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,10 @@ from typing import Any
 
 import fastavro
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from producer.serialize.avro import parse_frame
 from producer.serialize.registry import Registry
-from tests.conftest import run_hdrlog, summary_of, wait_for
+from tests.conftest import read_topic, run_hdrlog, summary_of
 
 pytestmark = [pytest.mark.kernel, pytest.mark.stack]
 
@@ -84,32 +83,6 @@ def _servers(veth) -> tuple[list[socket.socket], threading.Thread]:
     return socks, th
 
 
-def _read_all(stack, topic: str, count: int, per_message: Any = lambda m: 1) -> list[Any]:
-    """Every message of ``topic`` until they hold ``count`` records (``per_message`` counts one)."""
-    consumer = Consumer({"bootstrap.servers": stack.bootstrap_servers,
-                         "group.id": f"hdrlog-test-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    try:
-        meta = consumer.list_topics(topic, timeout=10)
-        parts = [TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions]
-        consumer.assign(parts)
-        msgs: list[Any] = []
-        held = [0]
-
-        def more() -> bool:
-            for m in consumer.consume(500, timeout=0.5):
-                assert m.error() is None, m.error()
-                msgs.append(m)
-                held[0] += per_message(m)
-            return held[0] >= count
-
-        wait_for(more, 60, f"{count} messages on {topic}", interval=0)
-        assert not consumer.consume(10, timeout=1.0), "more messages than the agent delivered"
-        return msgs
-    finally:
-        consumer.close()
-
-
 @pytest.mark.parametrize("shape", ["batch", "record"])
 def test_known_flows_arrive_in_kafka(veth, stack, start_agent, shape: str) -> None:
     topic = f"hdrlog.test.e2e.{shape}.{uuid.uuid4().hex[:8]}"
@@ -144,12 +117,10 @@ def test_known_flows_arrive_in_kafka(veth, stack, start_agent, shape: str) -> No
                 schemas[schema_id] = fastavro.parse_schema(json.loads(registry.schema_text(schema_id)))
             return fastavro.schemaless_reader(io.BytesIO(body), schemas[schema_id])
 
-        def per_message(m: Any) -> int:
-            datum = decode(m)
-            return len(datum["records"]) if shape == "batch" else 1
-
-        msgs = _read_all(stack, topic, a["delivered"], per_message)
+        msgs = read_topic(stack.bootstrap_servers, topic)
         data = [decode(m) for m in msgs]
+    # exactly what the agent delivered: no more, no less
+    assert sum(len(d["records"]) if shape == "batch" else 1 for d in data) == a["delivered"]
     assert all(m.key() == host_id.encode() for m in msgs)
     # one host -> one partition, and this instance's sequence numbers increase strictly in it
     assert len({m.partition() for m in msgs}) == 1

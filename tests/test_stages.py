@@ -34,13 +34,14 @@ from tests.conftest import wait_for
 
 
 def test_channel_blocks_when_full_and_gives_up_only_on_cancel() -> None:
-    ch: Channel[int] = Channel("c", 2)
+    waits: list[int] = []
+    ch: Channel[int] = Channel("c", 2, on_full_wait=lambda: waits.append(1))
     assert ch.put(1) and ch.put(2)
     cancel = Cancel()
     done: list[bool] = []
     t = threading.Thread(target=lambda: done.append(ch.put(3, cancel)))
     t.start()
-    time.sleep(0.3)  # the put is blocked (nothing to wait on: we are proving that it waits)
+    wait_for(lambda: len(waits) >= 2, 5, "the put to wait on the full channel")
     assert not done and len(ch) == 2
     assert ch.get(0) == 1  # room: the blocked put goes through, in order
     t.join(5)

@@ -165,14 +165,3 @@ class DiskStore:
             self._db.close()
         finally:
             self._lock.close()
-
-
-def file_size(path: Path) -> int:
-    """Bytes the buffer uses on disk (database, WAL and shared-memory files)."""
-    total = 0
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            total += os.stat(f"{path}{suffix}").st_size
-        except FileNotFoundError:
-            continue
-    return total

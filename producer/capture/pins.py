@@ -179,11 +179,6 @@ class Pins:
             _pin(fd, directory / name)
         self._own = directory
 
-    def pin_more(self, name: str, fd: int) -> None:
-        """Pin a program loaded later (the XDP one)."""
-        if self._own is not None:
-            _pin(fd, self._own / name)
-
     def stale(self, own_id: str) -> list[StaleCapture]:
         """The captures in our scope whose agents are gone, oldest first, each locked and opened."""
         if not self.enabled or not self.scope_dir.is_dir():

@@ -95,9 +95,6 @@ class RingBufferReader:
         """Where the next drain starts: the position after the last record read."""
         return self._read
 
-    def producer_position(self) -> int:
-        return self._producer_pos()
-
     def release(self, position: int) -> None:
         """Let the kernel reuse the ring up to ``position`` (a value from ``drain``); never backwards."""
         if self._read >= position > self._consumer_pos():

@@ -105,6 +105,7 @@ class _Flight:
     on_done: Callable[[_Flight], None]
     started: float = 0.0  # when its first message was produced (monotonic)
     remaining: int = 0
+    sent: int = 0  # messages handed to librdkafka
     produced_all: bool = False
     next_message: int = 0
     delivered_records: int = 0
@@ -270,10 +271,25 @@ class KafkaPublisher:
             flight.started = self._clock()
         self._flights[flight.entry_id] = flight
         self._partial = flight
+        first = flight.sent
+        try:
+            if not self._send(flight, values, per_message):
+                return  # stays partial: the exit deadline or stop came first; counted at exit
+        finally:
+            produced = flight.sent - first
+            self._tel.add(Stat.MESSAGES_PRODUCED, produced)  # once per entry, not per message
+            self._tel.add(Stat.PRODUCED, produced * per_message)
+        flight.produced_all = True
+        self._partial = None
+        if flight.remaining == 0:
+            self._done(flight)
+
+    def _send(self, flight: _Flight, values: list[bytes], per_message: int) -> bool:
+        """Produce the entry's messages from where it stopped; False if it has to stop half-way."""
         while flight.next_message < len(values):
             if self._hold is not None:  # a failure came back meanwhile: send no more of it
                 flight.retry = flight.retry or self._hold
-                break
+                return True
             try:
                 self._producer.produce(flight.entry.topic, value=values[flight.next_message],
                                        key=flight.entry.key, on_delivery=flight)
@@ -281,7 +297,7 @@ class KafkaPublisher:
                 self._tel.add(Stat.PRODUCER_QUEUE_FULL_WAITS)
                 self._producer.poll(0.05)
                 if self._stop.is_set() or (self._exit_at is not None and self._clock() >= self._exit_at):
-                    return  # stays partial; counted at exit
+                    return False
                 self._expire()  # a queue full for longer than message.timeout.ms is a failure too
                 continue
             except KafkaException as exc:
@@ -293,15 +309,11 @@ class KafkaPublisher:
                 self._fatal = True  # a fatal producer state: start over with a new producer
                 self._begin_hold(err, first_line(exc))
                 flight.retry = flight.retry or self._hold
-                break
+                return True
             flight.remaining += 1
             flight.next_message += 1
-            self._tel.add(Stat.MESSAGES_PRODUCED)
-            self._tel.add(Stat.PRODUCED, per_message)
-        flight.produced_all = True
-        self._partial = None
-        if flight.remaining == 0:
-            self._done(flight)
+            flight.sent += 1
+        return True
 
     def _done(self, flight: _Flight) -> None:
         """Every message of ``flight`` has an outcome (or will never be sent).

@@ -36,7 +36,7 @@ from producer.decode.convert import InterfaceNames, MonotonicToWall
 from producer.errors import SerializationError
 from producer.records import Batch, Encoded, Records
 from producer.serialize.avro import frame_header
-from producer.serialize.encoder import Identity
+from producer.serialize.encoder import Identity, batch_messages
 from producer.serialize.schemas import AvroSchema
 
 U8 = npt.NDArray[np.uint8]
@@ -116,7 +116,10 @@ class _Context:
     constants: Mapping[str, Any]
 
 
-def _opt(column: str, bit: int) -> Callable[[_Context], tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]]:
+Column = tuple[npt.NDArray[Any], npt.NDArray[np.bool_] | None]  # values, and presence (None: always there)
+
+
+def _opt(column: str, bit: int) -> Callable[[_Context], Column]:
     return lambda c: (c.records[column], (c.flags & bit) != 0)
 
 
@@ -134,10 +137,10 @@ def _interfaces(c: _Context) -> Parts:
 
 # How each schema field is computed from the record array: a numeric column (with a presence
 # test for unions), or a writer of its own.
-_NUMERIC: dict[str, Callable[[_Context], tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]]] = {
-    "timestamp_ns": lambda c: (c.records["ts_ns"].astype(np.int64) + c.wall_offset_ns, c.flags >= 0),
-    "ifindex": lambda c: (c.records["ifindex"], c.flags >= 0),
-    "ether_type": lambda c: (c.records["ether_type"], c.flags >= 0),
+_NUMERIC: dict[str, Callable[[_Context], Column]] = {
+    "timestamp_ns": lambda c: (c.records["ts_ns"].astype(np.int64) + c.wall_offset_ns, None),
+    "ifindex": lambda c: (c.records["ifindex"], None),
+    "ether_type": lambda c: (c.records["ether_type"], None),
     "ip_version": _opt("ip_version", abi.F_IP),
     "ip_proto": _opt("ip_proto", abi.F_IP),
     "ttl": _opt("ttl", abi.F_IP),
@@ -154,16 +157,16 @@ _NUMERIC: dict[str, Callable[[_Context], tuple[npt.NDArray[Any], npt.NDArray[np.
     "tcp_window": _opt("tcp_window", abi.F_TCP),
     "icmp_type": _opt("icmp_type", abi.F_ICMP),
     "icmp_code": _opt("icmp_code", abi.F_ICMP),
-    "packet_length": lambda c: (c.records["pkt_len"], c.flags >= 0),
-    "gso_segments": lambda c: (c.records["gso_segments"], c.flags >= 0),
-    "sample_rate": lambda c: (c.records["sample_rate"], c.flags >= 0),
-    "capture_cpu": lambda c: (c.records["cpu"], c.flags >= 0),
-    "capture_seq": lambda c: (c.records["seq"], c.flags >= 0),
+    "packet_length": lambda c: (c.records["pkt_len"], None),
+    "gso_segments": lambda c: (c.records["gso_segments"], None),
+    "sample_rate": lambda c: (c.records["sample_rate"], None),
+    "capture_cpu": lambda c: (c.records["cpu"], None),
+    "capture_seq": lambda c: (c.records["seq"], None),
     "dont_fragment": lambda c: ((c.flags & abi.F_DF) != 0, (c.flags & abi.F_FRAG) != 0),
     "more_fragments": lambda c: ((c.flags & abi.F_MF) != 0, (c.flags & abi.F_FRAG) != 0),
-    "truncated": lambda c: ((c.flags & abi.F_TRUNCATED) != 0, c.flags >= 0),
-    "parse_anomaly": lambda c: ((c.flags & abi.F_ANOMALY) != 0, c.flags >= 0),
-    "direction": lambda c: (c.records["direction"], c.flags >= 0),
+    "truncated": lambda c: ((c.flags & abi.F_TRUNCATED) != 0, None),
+    "parse_anomaly": lambda c: ((c.flags & abi.F_ANOMALY) != 0, None),
+    "direction": lambda c: (c.records["direction"], None),
 }
 _SPECIAL: dict[str, Callable[[_Context], Parts]] = {
     "interface": _interfaces,
@@ -213,7 +216,9 @@ class _FieldWriter:
             return _SPECIAL[self.name](c)
         values, present = _NUMERIC[self.name](c)
         value = [_byte(values) if self.kind == "boolean" else varint(values.astype(np.int64))]
-        return _union(present, value) if self.nullable else value
+        if not self.nullable:
+            return value
+        return _union(np.ones(n, dtype=bool) if present is None else present, value)
 
 
 def _encode_value(schema_type: Any, value: Any) -> bytes:
@@ -276,26 +281,17 @@ class ColumnarBatchEncoder:
             return []
         offset = self._clock.offset_ns()
         body, lens = self._items.bodies(batch.records, self._names, offset, {})
-        ends = np.cumsum(lens)
-        return self._split(batch, body, ends, offset, 0, len(batch))
+        ends = np.concatenate([[0], np.cumsum(lens)])
+        ts = batch.records["ts_ns"].astype(np.int64) + offset
 
-    def _split(self, batch: Batch, body: bytes, ends: npt.NDArray[np.int64], offset: int, lo: int,
-               hi: int) -> list[Encoded]:
-        start = int(ends[lo - 1]) if lo else 0
-        items = body[start:int(ends[hi - 1])]
-        ts = batch.records["ts_ns"][lo:hi].astype(np.int64) + offset
-        head = {"host_id": self._id.host_id, "agent_instance": self._id.instance_id,
-                "sequence": self._id.sequence, "capture_id": batch.capture_id,
-                "first_timestamp_ns": int(ts.min()), "last_timestamp_ns": int(ts.max())}
-        message = (self._header + b"".join(_encode_value(self._envelope[k], v) for k, v in head.items())
-                   + _encode_value("long", hi - lo) + items + b"\x00")
-        if len(message) > self._max and hi - lo > 1:
-            mid = (lo + hi) // 2
-            return self._split(batch, body, ends, offset, lo, mid) + self._split(batch, body, ends, offset, mid, hi)
-        self._id.next_sequence()
-        mark = batch.mark if hi == len(batch) else None
-        captured = int(batch.records["ts_ns"][lo:hi].min())
-        return [Encoded(self._topic, self._id.key, message, None, hi - lo, captured, mark)]
+        def message(lo: int, hi: int) -> bytes:
+            head = {"host_id": self._id.host_id, "agent_instance": self._id.instance_id,
+                    "sequence": self._id.sequence, "capture_id": batch.capture_id,
+                    "first_timestamp_ns": int(ts[lo:hi].min()), "last_timestamp_ns": int(ts[lo:hi].max())}
+            return (self._header + b"".join(_encode_value(self._envelope[k], v) for k, v in head.items())
+                    + _encode_value("long", hi - lo) + body[int(ends[lo]):int(ends[hi])] + b"\x00")
+
+        return batch_messages(batch, message, self._max, self._id, self._topic)
 
 
 class ColumnarRecordEncoder:

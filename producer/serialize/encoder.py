@@ -71,6 +71,32 @@ def _avro(parsed: Any, header: bytes, datum: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def batch_messages(batch: Batch, message: Callable[[int, int], bytes], max_bytes: int, identity: Identity,
+                   topic: str) -> list[Encoded]:
+    """The HeaderBatch entries of ``batch``: ``message(lo, hi)`` encodes records[lo:hi] with
+    ``identity.sequence``; a message over ``max_bytes`` is bisected.  A part's sequence number
+    is taken only once it fits, so sequences increase in output order; only the last part
+    carries the ring mark (the ring may be released once all of the batch is stored)."""
+    parts: list[tuple[int, int, bytes]] = []
+
+    def fit(lo: int, hi: int) -> None:
+        body = message(lo, hi)
+        if len(body) > max_bytes and hi - lo > 1:
+            mid = (lo + hi) // 2
+            fit(lo, mid)
+            fit(mid, hi)
+            return
+        if len(body) > max_bytes:
+            log.warning("one record encodes to %d bytes, over batch.max_bytes %d", len(body), max_bytes)
+        identity.next_sequence()
+        parts.append((lo, hi, body))
+
+    fit(0, len(batch))
+    ts = batch.records["ts_ns"]
+    return [Encoded(topic, identity.key, body, None, hi - lo, int(ts[lo:hi].min()),
+                    batch.mark if hi == len(batch) else None) for lo, hi, body in parts]
+
+
 class AvroBatchEncoder:
     """``batch`` shape: one Confluent-framed HeaderBatch per message, at most ``max_bytes`` each."""
 
@@ -87,26 +113,15 @@ class AvroBatchEncoder:
         if not len(batch):
             return []
         items = rows(self._decoder.columns(batch.records))
-        return self._split(batch, items, 0, len(items))
 
-    def _split(self, batch: Batch, items: list[dict[str, Any]], lo: int, hi: int) -> list[Encoded]:
-        ts = [r["timestamp_ns"] for r in items[lo:hi]]
-        # encoded with the next sequence number, which is taken only if the message fits, so
-        # sequences increase in output order across split halves
-        datum = {"host_id": self._id.host_id, "agent_instance": self._id.instance_id,
-                 "sequence": self._id.sequence, "capture_id": batch.capture_id,
-                 "first_timestamp_ns": min(ts), "last_timestamp_ns": max(ts), "records": items[lo:hi]}
-        body = _avro(self._parsed, self._header, datum)
-        if len(body) > self._max and hi - lo > 1:
-            mid = (lo + hi) // 2
-            first = self._split(batch, items, lo, mid)
-            return first + self._split(batch, items, mid, hi)
-        if len(body) > self._max:
-            log.warning("one record encodes to %d bytes, over batch.max_bytes %d", len(body), self._max)
-        self._id.next_sequence()
-        mark = batch.mark if hi == len(items) else None
-        captured = int(batch.records["ts_ns"][lo:hi].min())
-        return [Encoded(self._topic, self._id.key, body, None, hi - lo, captured, mark)]
+        def message(lo: int, hi: int) -> bytes:
+            ts = [r["timestamp_ns"] for r in items[lo:hi]]
+            return _avro(self._parsed, self._header, {
+                "host_id": self._id.host_id, "agent_instance": self._id.instance_id, "sequence": self._id.sequence,
+                "capture_id": batch.capture_id, "first_timestamp_ns": min(ts), "last_timestamp_ns": max(ts),
+                "records": items[lo:hi]})
+
+        return batch_messages(batch, message, self._max, self._id, self._topic)
 
 
 class AvroRecordEncoder:
