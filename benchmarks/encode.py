@@ -52,8 +52,8 @@ def main() -> None:
     encoders = {
         "batch (fastavro, dicts)": AvroBatchEncoder(batch_s, 1, "t", ident, decoder, 1_000_000),
         "record (fastavro, dicts)": AvroRecordEncoder(record_s, 1, "t", ident, decoder),
-        "batch (columnar)": ColumnarBatchEncoder(batch_s, 1, "t", ident, names, clock, 1_000_000),
-        "record (columnar)": ColumnarRecordEncoder(record_s, 1, "t", ident, names, clock),
+        "batch (fast path)": ColumnarBatchEncoder(batch_s, 1, "t", ident, names, clock, 1_000_000),
+        "record (fast path)": ColumnarRecordEncoder(record_s, 1, "t", ident, names, clock),
     }
     for shape, enc in encoders.items():
         t0 = time.process_time()

@@ -14,6 +14,9 @@ DEB_PACKAGES=(
   docker-compose python3-yaml  # `docker-compose config` checks docker-compose.yml
   maven                # fetches Kafka and Apicurio from Maven Central
   openjdk-17-jre-headless
+  gcc python3-dev      # the compiled fast path (producer/serialize/_fastpath.c) and the benchmark's sender
+  tshark kcat pmacct   # the tools `hdrlog bench` measures the agent against
+  python3-matplotlib   # the benchmark's chart
 )
 
 missing=()
@@ -61,7 +64,8 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; 
   rm -rf .venv
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# re-install when the project's definition or the compiled encoder's source changes
+stamp=.venv/.installed-$(cat pyproject.toml setup.py producer/serialize/_fastpath.c | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[dev]'

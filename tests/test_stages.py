@@ -268,7 +268,9 @@ class FakeProducer:
     """librdkafka's producer as the publisher sees it: a local queue, then delivery reports on poll.
 
     ``outcome(value)`` decides each message's fate when it is reported: None (delivered) or a
-    KafkaError.  ``capacity`` bounds the local queue (BufferError beyond it).
+    KafkaError.  ``capacity`` bounds the local queue (BufferError beyond it).  A message produced
+    without a callback is reported to nobody; if it fails, every later message fails with a fatal
+    error, as librdkafka's ``enable.gapless.guarantee`` does, until the producer is re-created.
     """
 
     def __init__(self, outcome: Callable[[bytes], KafkaError | None], capacity: int = 1000) -> None:
@@ -278,6 +280,8 @@ class FakeProducer:
         self.delivered: list[bytes] = []  # in the order "Kafka" received them
         self.purges = 0
         self.stalled = False  # a broker that does not answer: no report comes back
+        self.fatal = False
+        self.reports = 0  # delivery reports served to a callback
 
     def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
         if len(self.queue) >= self.capacity:
@@ -288,10 +292,14 @@ class FakeProducer:
         served = 0
         while self.queue and not self.stalled:
             value, cb = self.queue.pop(0)
-            err = self.outcome(value)
+            err = KafkaError(KafkaError._FATAL, "gap", fatal=True) if self.fatal else self.outcome(value)
             if err is None:
                 self.delivered.append(value)
-            cb(err, _Msg(value))
+            elif cb is None:
+                self.fatal = True
+            if cb is not None:
+                self.reports += 1
+                cb(err, _Msg(value))
             served += 1
         if not served and timeout:
             time.sleep(min(timeout, 0.01))
@@ -301,10 +309,12 @@ class FakeProducer:
         self.purges += 1
         queued, self.queue = self.queue, []
         for value, cb in queued:
-            cb(KafkaError(KafkaError._PURGE_QUEUE), _Msg(value))
+            if cb is not None:
+                cb(KafkaError(KafkaError._PURGE_QUEUE), _Msg(value))
 
     def flush(self, timeout: float = 0) -> int:
         self.poll(0)
+        self.fatal = False  # called only before the publisher re-creates its producer
         return 0
 
     def __len__(self) -> int:
@@ -383,6 +393,36 @@ def test_a_permanent_failure_goes_to_the_dead_letter_file(tmp_path: Path) -> Non
     lines = (tmp_path / "dead.jsonl").read_text().splitlines()
     assert len(lines) == 1 and '"error":"MSG_SIZE_TOO_LARGE"' in lines[0] and '"records":4' in lines[0]
     assert buf.state().entries == 0
+
+
+def test_record_shape_is_acknowledged_by_one_report_per_entry(tmp_path: Path) -> None:
+    """Three entries of 100 messages each: 3 delivery reports (not 300), and all 300 counted delivered."""
+    tel = Telemetry()
+    buf = Buffer(MemoryStore(), 1 << 20, "block", tel, "memory")
+    for i in range(3):
+        buf.put(Encoded("t", b"k", bytes([i]) * 100, tuple(range(100)), 100, 1))
+    producer = FakeProducer(lambda v: None)
+    _run(_publisher(buf, tel, producer, tmp_path, per_entry_reports=True), buf)
+    assert producer.reports == 3 and len(producer.delivered) == 300
+    assert tel.get(Stat.DELIVERED) == 300 and tel.get(Stat.MESSAGES_DELIVERED) == 300
+    assert buf.state().entries == 0
+
+
+def test_a_refused_message_inside_a_record_entry_is_found_and_dead_lettered(tmp_path: Path) -> None:
+    """Message 37 of a 100-message entry is refused for good: the gap is fatal, the entry is re-sent with a
+    report per message, 37 goes to the dead-letter file and the rest are delivered; the next entry goes back
+    to one report."""
+    tel = Telemetry()
+    buf = Buffer(MemoryStore(), 1 << 20, "block", tel, "memory")
+    buf.put(Encoded("t", b"k", bytes(range(100)), tuple(range(100)), 100, 1))
+    buf.put(Encoded("t", b"k", bytes([200]) * 50, tuple(range(50)), 50, 1))
+    producer = FakeProducer(lambda v: KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if v == bytes([37]) else None)
+    _run(_publisher(buf, tel, producer, tmp_path, per_entry_reports=True), buf)
+    assert tel.get(Drop.DEAD_LETTER) == 1 and tel.get(Stat.DELIVERED) == 149
+    assert set(producer.delivered) == {bytes([i]) for i in range(100) if i != 37} | {bytes([200])}
+    assert tel.get(Stat.DELIVERED) + tel.get(Drop.DEAD_LETTER) == 150 and buf.state().entries == 0
+    assert '"records":1' in (tmp_path / "dead.jsonl").read_text()
+    assert producer.reports == 1 + 100 + 1  # the failed try, the precise re-send, the next entry
 
 
 def test_a_full_local_queue_is_waited_on_not_dropped(tmp_path: Path) -> None:

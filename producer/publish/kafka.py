@@ -31,6 +31,21 @@ Delivery, in order and never silently lost:
   the partition across outages; re-sent messages can repeat (at-least-once)
   with the same identity.
 
+Acknowledgements without a Python call per message (``per_entry_reports``, the
+record shape's thousands of messages per entry): only an entry's *last*
+message carries a delivery report.  Its success proves the earlier ones
+delivered, because all of an entry's messages share one key and so one
+partition, the idempotent producer writes a partition in order and the broker
+refuses a sequence number out of order, librdkafka's own timeout is off (above),
+and ``enable.gapless.guarantee`` turns any other failure that could leave a gap
+into a fatal error, which fails the last message too (librdkafka calls the
+property experimental; it is set only here).  An error on the last message
+says nothing of the others, so it is retried, never dead-lettered, and after
+any failure the next entry is sent with a report per message
+(``_Flight.precise``): a message the broker refuses for good reaches the
+dead-letter file instead of failing the producer again and again.  With
+idempotence turned off, every message carries its report.
+
 Exit is bounded: after ``begin_exit(deadline)`` the publisher stops at the
 deadline; what a memory buffer still holds is ``Drop.UNFLUSHED_AT_EXIT``, what
 a disk buffer holds stays there for the next start (``Stat.LEFT_IN_BUFFER``).
@@ -57,6 +72,17 @@ from producer.records import Encoded
 from producer.telemetry.events import Drop, Stat, Telemetry
 
 log = logging.getLogger(__name__)
+
+
+class _QuietKnownWarnings(logging.Filter):
+    """librdkafka warns that enable.gapless.guarantee is experimental each time a producer starts: it is
+    set on purpose (module docstring), and the warning would make every record-shape start look wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "enable.gapless.guarantee is experimental" not in record.getMessage()
+
+
+log.addFilter(_QuietKnownWarnings())
 
 DEFAULTS: Mapping[str, Any] = {
     "enable.idempotence": True,
@@ -112,12 +138,19 @@ class _Flight:
     delivered_messages: int = 0
     retry: KafkaError | None = None
     dead: list[tuple[bytes, KafkaError, int]] = field(default_factory=list)
+    precise: bool = True  # a report per message; else only the last message's, standing for all of them
 
     def __call__(self, err: KafkaError | None, msg: Any) -> None:
         """librdkafka's delivery report for one message of the entry (on the publisher thread)."""
         self.remaining -= 1
         records = self.entry.records if self.entry.offsets is None else 1
-        if err is None:
+        if not self.precise:  # the last message: it stands for every message of the entry
+            if err is None:
+                self.delivered_records += self.sent * records
+                self.delivered_messages += self.sent
+            elif self.retry is None:
+                self.retry = err  # even a permanent error: which of the others failed is unknown
+        elif err is None:
             self.delivered_records += records
             self.delivered_messages += 1
         elif is_permanent(err):
@@ -135,7 +168,7 @@ class KafkaPublisher:
 
     def __init__(self, bootstrap_servers: str, properties: Mapping[str, str], buffer: Buffer,
                  telemetry: Telemetry, dead_letters: DeadLetters, *, retry_backoff_s: float = 1.0,
-                 window_bytes: int = WINDOW_BYTES,
+                 window_bytes: int = WINDOW_BYTES, per_entry_reports: bool = False,
                  producer_factory: Callable[[dict[str, Any]], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.bootstrap_servers = bootstrap_servers
@@ -148,6 +181,11 @@ class KafkaPublisher:
         self._conf.pop("delivery.timeout.ms", None)
         self._conf["message.timeout.ms"] = 0  # see the module docstring: the timeout is ours
         self._factory = producer_factory or (lambda conf: Producer(conf, logger=log))
+        # one report per entry needs the ordering the idempotent producer gives (module docstring)
+        self._per_entry_reports = per_entry_reports and str(self._conf["enable.idempotence"]).lower() == "true"
+        if self._per_entry_reports:
+            self._conf["enable.gapless.guarantee"] = True
+        self._precise_next = not self._per_entry_reports
         self._buffer = buffer
         self._tel = telemetry
         self._dead = dead_letters
@@ -240,20 +278,20 @@ class KafkaPublisher:
                 flight = self._partial or self._next()
                 if flight is not None:
                     self._produce(flight)
-                self._producer.poll(0)
+                self._poll(0)
         finally:
             self._finish()
 
     def _next(self) -> _Flight | None:
         if sum(len(f.entry) for f in self._flights.values()) >= self._window:
-            self._producer.poll(0.05)  # the window is full: wait for acknowledgements
+            self._poll(0.05)  # the window is full: wait for acknowledgements
             return None
         item = self._buffer.take(0.05 if self._flights else 0.2)
         if item is None:
-            self._producer.poll(0.05 if self._flights else 0)
+            self._poll(0.05 if self._flights else 0)
             return None
         entry_id, entry = item
-        return _Flight(entry_id, entry, self._done)
+        return _Flight(entry_id, entry, self._done, precise=self._precise_next or entry.messages == 1)
 
     def _expire(self) -> None:
         """``message.timeout.ms``: the oldest outstanding entry waited too long; fail everything outstanding."""
@@ -290,12 +328,13 @@ class KafkaPublisher:
             if self._hold is not None:  # a failure came back meanwhile: send no more of it
                 flight.retry = flight.retry or self._hold
                 return True
+            last = flight.next_message == len(values) - 1
             try:
-                self._producer.produce(flight.entry.topic, value=values[flight.next_message],
-                                       key=flight.entry.key, on_delivery=flight)
+                self._producer.produce(flight.entry.topic, value=values[flight.next_message], key=flight.entry.key,
+                                       on_delivery=flight if flight.precise or last else None)
             except BufferError:
                 self._tel.add(Stat.PRODUCER_QUEUE_FULL_WAITS)
-                self._producer.poll(0.05)
+                self._poll(0.05)
                 if self._stop.is_set() or (self._exit_at is not None and self._clock() >= self._exit_at):
                     return False
                 self._expire()  # a queue full for longer than message.timeout.ms is a failure too
@@ -310,7 +349,7 @@ class KafkaPublisher:
                 self._begin_hold(err, first_line(exc))
                 flight.retry = flight.retry or self._hold
                 return True
-            flight.remaining += 1
+            flight.remaining += flight.precise or last
             flight.next_message += 1
             flight.sent += 1
         return True
@@ -327,6 +366,8 @@ class KafkaPublisher:
             self._tel.add(Stat.REQUEUED, entry.records)
             if flight.retry.fatal():
                 self._fatal = True
+            if not flight.precise:
+                self._precise_next = True  # find the message behind it, if the broker refuses one for good
             self._begin_hold(flight.retry, flight.retry.str())
             return
         try:
@@ -335,6 +376,8 @@ class KafkaPublisher:
             self._failure = exc
             self._stop.set()
             return
+        if flight.precise and flight.delivered_messages:
+            self._precise_next = not self._per_entry_reports
         self._tel.add(Stat.DELIVERED, flight.delivered_records)
         self._tel.add(Stat.MESSAGES_DELIVERED, flight.delivered_messages)
         if flight.delivered_messages:
@@ -366,8 +409,14 @@ class KafkaPublisher:
     def _serve_hold(self) -> None:
         """Wait for every entry in flight to resolve; then rewind, back off, and resume."""
         if self._flights:
-            self._producer.poll(0.1)
+            self._poll(0.1)
             return
+        # messages sent without a report of their own (all but an entry's last) leave with the purge too
+        end = self._clock() + 5.0
+        while len(self._producer) and self._clock() < end and not self._stop.is_set():
+            with contextlib.suppress(KafkaException):
+                self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+            self._poll(0.1)
         if self._fatal:
             log.warning("re-creating the Kafka producer after a fatal error")
             self._producer.flush(0)
@@ -380,9 +429,18 @@ class KafkaPublisher:
         while self._clock() < end and not self._stop.is_set():
             if self._exit_at is not None and self._clock() >= self._exit_at:
                 break
-            self._producer.poll(0.1)
+            self._poll(0.1)
         self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
         self._hold = None
+
+    def _poll(self, timeout: float) -> None:
+        """Serve delivery reports; a fatal producer error (which poll raises) holds the publisher."""
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            self._fatal = True
+            self._begin_hold(err, first_line(exc))
 
     def _on_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
@@ -394,7 +452,7 @@ class KafkaPublisher:
         left = max(0.0, (self._exit_at or self._clock()) - self._clock())
         end = self._clock() + left
         while self._flights and self._clock() < end:
-            self._producer.poll(min(0.1, max(0.0, end - self._clock())))
+            self._poll(min(0.1, max(0.0, end - self._clock())))
         # what is still unresolved stays unacknowledged: the buffer decides what that means, and a
         # report that comes later changes nothing (see _done)
         self._finished = True
