@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from producer import abi
 from producer.batch.batcher import Batcher
@@ -281,9 +281,13 @@ class FakeProducer:
         self.purges = 0
         self.stalled = False  # a broker that does not answer: no report comes back
         self.fatal = False
+        self.refuse: Callable[[bytes], KafkaError | None] = lambda value: None  # refused at produce()
         self.reports = 0  # delivery reports served to a callback
 
-    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any = None) -> None:
+        refused = self.refuse(value)
+        if refused is not None:
+            raise KafkaException(refused)
         if len(self.queue) >= self.capacity:
             raise BufferError("queue full")
         self.queue.append((value, on_delivery))
@@ -423,6 +427,22 @@ def test_a_refused_message_inside_a_record_entry_is_found_and_dead_lettered(tmp_
     assert tel.get(Stat.DELIVERED) + tel.get(Drop.DEAD_LETTER) == 150 and buf.state().entries == 0
     assert '"records":1' in (tmp_path / "dead.jsonl").read_text()
     assert producer.reports == 1 + 100 + 1  # the failed try, the precise re-send, the next entry
+
+
+@pytest.mark.parametrize("refused", [4, 9])
+def test_a_message_refused_at_produce_in_a_record_entry(tmp_path: Path, refused: int) -> None:
+    """librdkafka refuses message ``refused`` of 10 locally (too large): it goes to the dead-letter file, the
+    other 9 are delivered.  When it is the last one, which was to report for the entry, the entry is sent
+    again with a report per message."""
+    tel = Telemetry()
+    buf = Buffer(MemoryStore(), 1 << 20, "block", tel, "memory")
+    buf.put(Encoded("t", b"k", bytes(range(10)), tuple(range(10)), 10, 1))
+    producer = FakeProducer(lambda v: None)
+    producer.refuse = lambda v: KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if v == bytes([refused]) else None
+    _run(_publisher(buf, tel, producer, tmp_path, per_entry_reports=True), buf)
+    assert tel.get(Drop.DEAD_LETTER) == 1 and tel.get(Stat.DELIVERED) == 9 and buf.state().entries == 0
+    assert sorted(set(producer.delivered)) == [bytes([i]) for i in range(10) if i != refused]
+    assert producer.reports == (1 if refused < 9 else 9)  # one for the entry; or none, then each of the 9 sent again
 
 
 def test_a_full_local_queue_is_waited_on_not_dropped(tmp_path: Path) -> None:

@@ -14,10 +14,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import numpy as np
 
 from producer.channel import Cancel, Channel, Closed
-from producer.records import Batch, Chunk, Records, RingMark
+from producer.records import Batch, Chunk, Records, RingMark, concat
 from producer.telemetry.events import Drop, Stat, Telemetry
 
 
@@ -74,7 +73,7 @@ class Batcher:
         return self._take() if self._count else None
 
     def _take(self) -> Batch:
-        records = self._parts[0] if len(self._parts) == 1 else np.concatenate(self._parts)
+        records = concat(self._parts)
         batch = Batch(self._capture, records, self._mark)
         self._parts = []
         self._count = 0

@@ -146,12 +146,15 @@ class RingBufferReader:
                 f"{self._rec_size}: the kernel program and this reader disagree on the layout"
             )
         ends = np.arange(1, ready + 1, dtype=np.uint64) * np.uint64(self._stride) + np.uint64(cons)
-        if keep.all():
-            out = slots["rec"][:ready].copy()
-        else:
-            out = slots["rec"][:ready][keep].copy()
+        # the records as bytes, one row per slot: a strided byte copy is ~8x cheaper than numpy's
+        # field-by-field copy of a structured array
+        raw = np.frombuffer(self._prod, dtype=np.uint8, count=n * self._stride, offset=start)
+        rows = raw.reshape(n, self._stride)[:ready, _HDR:_HDR + self._rec_size]
+        if not keep.all():
+            rows = rows[keep]
             ends = ends[keep]
-        del slots, lens
+        out = rows.copy().view(self._slot["rec"]).reshape(-1)
+        del slots, lens, raw, rows
         self._read = cons + ready * self._stride
         if self._release_on_drain:
             self._cons_pos[0] = self._read

@@ -140,6 +140,11 @@ class _Flight:
     dead: list[tuple[bytes, KafkaError, int]] = field(default_factory=list)
     precise: bool = True  # a report per message; else only the last message's, standing for all of them
 
+    def sent_up_to(self, index: int) -> None:
+        """Messages before ``index`` are in librdkafka's hands."""
+        self.sent += index - self.next_message
+        self.next_message = index
+
     def __call__(self, err: KafkaError | None, msg: Any) -> None:
         """librdkafka's delivery report for one message of the entry (on the publisher thread)."""
         self.remaining -= 1
@@ -323,16 +328,27 @@ class KafkaPublisher:
             self._done(flight)
 
     def _send(self, flight: _Flight, values: list[bytes], per_message: int) -> bool:
-        """Produce the entry's messages from where it stopped; False if it has to stop half-way."""
-        while flight.next_message < len(values):
+        """Produce the entry's messages from where it stopped; False if it has to stop half-way.
+
+        Without reports per message, the messages before the last go out in a tight loop: produce()
+        serves no reports, so no failure can arrive in the middle of it."""
+        produce, topic, key = self._producer.produce, flight.entry.topic, flight.entry.key
+        last = len(values) - 1
+        while flight.next_message <= last:
             if self._hold is not None:  # a failure came back meanwhile: send no more of it
                 flight.retry = flight.retry or self._hold
                 return True
-            last = flight.next_message == len(values) - 1
+            i = flight.next_message
             try:
-                self._producer.produce(flight.entry.topic, value=values[flight.next_message], key=flight.entry.key,
-                                       on_delivery=flight if flight.precise or last else None)
+                if not flight.precise:
+                    while i < last:
+                        produce(topic, values[i], key)
+                        i += 1
+                produce(topic, value=values[i], key=key, on_delivery=flight)
+                i += 1
+                flight.remaining += 1
             except BufferError:
+                flight.sent_up_to(i)
                 self._tel.add(Stat.PRODUCER_QUEUE_FULL_WAITS)
                 self._poll(0.05)
                 if self._stop.is_set() or (self._exit_at is not None and self._clock() >= self._exit_at):
@@ -340,18 +356,21 @@ class KafkaPublisher:
                 self._expire()  # a queue full for longer than message.timeout.ms is a failure too
                 continue
             except KafkaException as exc:
+                flight.sent_up_to(i)
                 err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                if err is not None and is_permanent(err):  # refused locally (too large for message.max.bytes)
-                    flight.dead.append((values[flight.next_message], err, per_message))
-                    flight.next_message += 1
+                if err is not None and is_permanent(err) and (flight.precise or i < last):
+                    # refused locally (too large for message.max.bytes): never sent, so no report covers it
+                    flight.dead.append((values[i], err, per_message))
+                    flight.next_message = i + 1
                     continue
+                if err is not None and is_permanent(err):  # the last message, which was to report for all
+                    flight.retry = flight.retry or err
+                    return True
                 self._fatal = True  # a fatal producer state: start over with a new producer
                 self._begin_hold(err, first_line(exc))
                 flight.retry = flight.retry or self._hold
                 return True
-            flight.remaining += flight.precise or last
-            flight.next_message += 1
-            flight.sent += 1
+            flight.sent_up_to(i)
         return True
 
     def _done(self, flight: _Flight) -> None:

@@ -28,6 +28,7 @@ package to read the bytes back.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -131,13 +132,18 @@ def _named_types(schema: Any, found: dict[str, str]) -> dict[str, str]:
     return found
 
 
+_PARSED: dict[str, Any] = {}
+
+
 def encode_value(schema_type: Any, value: Any) -> bytes:
     """One constant field's bytes (a string or a long, possibly in a ["null", T] union): fastavro's own writer."""
-    from fastavro import schemaless_writer
+    from fastavro import parse_schema, schemaless_writer
 
+    key = json.dumps(schema_type, sort_keys=True)
+    if key not in _PARSED:
+        _PARSED[key] = parse_schema({"type": "record", "name": "C", "fields": [{"name": "v", "type": schema_type}]})
     out = io.BytesIO()
-    schemaless_writer(out, {"type": "record", "name": "C", "fields": [{"name": "v", "type": schema_type}]},
-                      {"v": value})
+    schemaless_writer(out, _PARSED[key], {"v": value})
     return out.getvalue()
 
 
