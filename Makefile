@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 IFACE ?=
 
-.PHONY: setup run test test-long lint stack-up stack-down clean
+.PHONY: setup run test test-long bench lint stack-up stack-down clean
 
 setup:
 	bash scripts/setup.sh
@@ -21,6 +21,12 @@ test: setup
 ## test-long: the long fault and soak runs (minutes each)
 test-long: setup
 	$(PY) -m pytest -ra -m long
+
+## bench: the agent against tshark+kcat, pmacctd and a per-record pipeline, same traffic and broker
+## (about 15 minutes); writes benchmarks/results/ and the bench section of BENCHMARKS.md
+bench: setup
+	$(VENV)/bin/hdrlog stack up
+	$(VENV)/bin/hdrlog bench --update BENCHMARKS.md
 
 stack-up: setup
 	$(VENV)/bin/hdrlog stack up

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import textwrap
@@ -152,6 +153,42 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="print the consumer's JSON objects instead of one readable line per record")
 
 
+def _rates(text: str) -> list[int]:
+    try:
+        return [0 if x.strip() == "max" else int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of packets/s (e.g. 50000,100000,max)") from None
+
+
+def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench", help="measure the agent against tshark+kcat, pmacctd and a per-record Python pipeline",
+        description="One run, one machine, one broker: a C sender floods UDP across a veth pair between "
+        "two namespaces at each offered rate; every contender captures it into a fresh topic of the local "
+        "stack (`hdrlog stack up` first). Prints, per contender and rate: offered, delivered (read back "
+        "from Kafka), counted loss by reason, unaccounted loss, the CPU of all its processes from ready to "
+        "exit and records per CPU-second; then the agent's data-path overhead, its capture-to-broker "
+        "latency at 20k records/s, its peak RSS and BPF map memory. Writes bench.json, bench.md and "
+        "bench.png to --output. Needs root; takes about 10 minutes (--quick: about one).")
+    p.add_argument("--seconds", type=float, default=5.0, metavar="S", help="traffic per run (default 5)")
+    p.add_argument("--rates", type=_rates, default=[50_000, 100_000, 200_000, 0], metavar="LIST",
+                   help="offered packets/s, comma-separated, `max` for flat out (default 50000,100000,200000,max)")
+    p.add_argument("--contender", action="append", default=None, metavar="NAME",
+                   help="run only this contender (repeatable): `hdrlog batch`, `hdrlog record`, `pmacctd`, "
+                   "`tshark+kcat`, `per-record python`")
+    p.add_argument("--overhead-rounds", type=int, default=2, metavar="N",
+                   help="without/with-agent pairs for the data-path overhead (default 2; 0 skips it)")
+    p.add_argument("--latency-seconds", type=float, default=10.0, metavar="S",
+                   help="traffic of each latency run (default 10; 0 skips it)")
+    p.add_argument("--output", type=Path, default=Path("benchmarks/results"), metavar="DIR",
+                   help="where bench.json, bench.md and bench.png go (default benchmarks/results)")
+    p.add_argument("--update", type=Path, default=None, metavar="FILE",
+                   help="also replace FILE's bench section (BENCHMARKS.md) with this run, chart included")
+    p.add_argument("--quick", action="store_true",
+                   help="1 s runs at 50k packets/s, one overhead pair, 2 s latency runs: checks that the "
+                   "benchmark works, measures nothing worth keeping")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hdrlog",
@@ -167,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     _status_parser(sub)
     _stack_parser(sub)
     _demo_parser(sub)
+    _bench_parser(sub)
     return parser
 
 
@@ -308,12 +346,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     keep_network=args.keep_network, json_lines=args.json, shapes=shapes)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from producer.bench.run import run_bench
+
+    if args.quick:
+        args.seconds, args.rates, args.overhead_rounds, args.latency_seconds = 1.0, [50_000], 1, 2.0
+    if os.geteuid() != 0:
+        raise HdrlogError("the benchmark needs root (network namespaces, BPF, cgroups)")
+    run_bench(seconds=args.seconds, rates=args.rates, names=args.contender, overhead_rounds=args.overhead_rounds,
+              latency_s=args.latency_seconds, out_dir=args.output, say=lambda line: print(line, flush=True),
+              update=args.update)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_format, args.log_level)
     commands = {"agent": cmd_agent, "consume": cmd_consume, "schemas": cmd_schemas, "status": cmd_status,
-                "stack": cmd_stack, "demo": cmd_demo}
+                "stack": cmd_stack, "demo": cmd_demo, "bench": cmd_bench}
     try:
         return commands[args.command](args)
     except ConfigError as exc:

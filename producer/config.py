@@ -103,9 +103,9 @@ class CaptureConfig:
         metavar="N"))
     poll_interval_ms: int = field(default=50, metadata=_m(
         "longest wait before draining the ring buffer", env="HDRLOG_POLL_INTERVAL_MS"))
-    wakeup_records: int = field(default=128, metadata=_m(
+    wakeup_records: int = field(default=4096, metadata=_m(
         "records per CPU between kernel wake-ups", env="HDRLOG_WAKEUP_RECORDS", reload=True))
-    queue_chunks: int = field(default=64, metadata=_m(
+    queue_chunks: int = field(default=16, metadata=_m(
         "drained chunks (up to 8192 records each) queued between capture and batching",
         env="HDRLOG_QUEUE_CHUNKS"))
     sample_rate: int = field(default=1, metadata=_m(

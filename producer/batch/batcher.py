@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-
 from producer.channel import Cancel, Channel, Closed
 from producer.records import Batch, Chunk, Records, RingMark, concat
 from producer.telemetry.events import Drop, Stat, Telemetry

@@ -75,6 +75,34 @@ class ProgramOptions:
     ringbuf_pages: int  # capture.ringbuf_pages: its one default is in producer/config.py
 
 
+_MADV_PAGEOUT = 21  # Linux 5.4
+_COMPILER_LIBS = re.compile(r"/lib(LLVM|clang-cpp)[^/]*\.so")
+
+
+def return_compiler_memory() -> None:
+    """Give back what compiling the program left resident and will not use again.
+
+    BCC compiles in-process: LLVM's and clang's code pages (~80 MiB resident) and the
+    compile's freed heap (~35 MiB) would otherwise stay in the agent's RSS for its whole
+    life.  The heap goes back with ``malloc_trim``; the libraries' pages are paged out
+    (``MADV_PAGEOUT``: file-backed, so they simply fault in again if ever used).  Best
+    effort: an older kernel refuses the advice and nothing changes.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    with contextlib.suppress(AttributeError):
+        libc.malloc_trim(0)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return
+    for line in maps:
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and _COMPILER_LIBS.search(parts[5]):
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            libc.madvise(start, end - start, _MADV_PAGEOUT)
+
+
 class CaptureProgram:
     """The loaded BPF object: two tc programs, the ring buffer and the control maps."""
 
@@ -104,6 +132,7 @@ class CaptureProgram:
         self._xdp: Any = None
         self._events = self._bpf[b"events"]
         self._counters = self._bpf[b"counters"]
+        return_compiler_memory()
 
     def xdp(self) -> Any:
         """The XDP program, loaded on first use (only the XDP hook needs it)."""

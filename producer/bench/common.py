@@ -1,0 +1,55 @@
+"""What every contender of the benchmark shares: how it is measured and what it reports.
+
+A contender is started against one interface and one fresh Kafka topic, reports
+ready, sees the traffic, is stopped, and then reports what it delivered (read
+back from the topic: acknowledged by the broker) and the CPU of all of its
+processes between ready and exit (``CpuGroup``: a cpuacct cgroup).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a contender captures and publishes."""
+
+    iface: str  # the interface to capture on (host side of the veth pair)
+    bootstrap_servers: str
+    registry_url: str
+    topic: str  # a fresh topic, one partition, used by this run only
+    workdir: str  # a fresh directory the contender may write to
+
+
+@dataclass(slots=True)
+class Result:
+    """One contender's run."""
+
+    name: str
+    delivered: int  # records acknowledged by the broker (read back from the topic)
+    cpu_s: float  # CPU of all its processes (user + system) from ready to exit
+    counted: dict[str, int] = field(default_factory=dict)  # losses the contender itself counted, by reason
+    peak_rss_bytes: int = 0  # 0: not measured
+    note: str = ""  # one line, e.g. why it delivered nothing
+    extra: dict[str, int] = field(default_factory=dict)  # contender-specific figures (e.g. BPF map bytes)
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.delivered / self.cpu_s if self.cpu_s > 0 else 0.0
+
+
+class Running(Protocol):
+    def stop(self) -> Result:
+        """Stop the contender (gracefully, so that it flushes), wait for its exit, read back the topic."""
+
+
+class Contender(Protocol):
+    name: str
+
+    def available(self) -> str | None:
+        """None if it can run here, else a one-line reason (e.g. ``tshark not installed``)."""
+
+    def start(self, target: Target) -> Running:
+        """Start it and return once it is ready to capture (its start-up excluded from the CPU)."""

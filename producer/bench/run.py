@@ -1,0 +1,393 @@
+"""`hdrlog bench`: every contender on the same traffic, into the same broker, in one run.
+
+    sender (C, sendmmsg) in netns ──veth──▶ host_if ──▶ contender ──▶ Kafka (a fresh topic per run)
+
+For each offered rate (50k, 100k, 200k packets/s and flat out) and each contender,
+a fresh topic; the contender starts and reports ready, the sender runs for the
+run's seconds, the contender is stopped and flushes, and the topic is read back.
+
+    offered      datagrams the sender got out (sendmmsg's count)
+    delivered    records in Kafka (read back from the topic)
+    counted      losses someone counted, by reason: the contender's own counters
+                 (the agent's ringbuf_reserve_failed and dropped_*; tshark's
+                 "dropped") and the veth pair's drops before any hook (`network`)
+    unaccounted  offered - delivered - counted: silent loss (must be 0 for hdrlog)
+    CPU          every process of the contender, ready to exit (cpuacct group)
+
+Then, with the agent's defaults: the data-path overhead (packets/s the veth pair
+carries with the agent attached / without, alternating, same sender), the delivery
+latency at 20k records/s (capture timestamp in each record -> the broker's
+LogAppendTime of its message) and the agent's peak RSS and BPF map memory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from producer.bench.agent import HdrlogContender
+from producer.bench.common import Contender, Result, Target
+from producer.bench.contenders import PerRecordBaseline, Pmacctd, TsharkKcat, create_topic
+from producer.bench.sender import build_sender, send
+from producer.devstack import StackSettings
+from producer.errors import HdrlogError
+from producer.netns import VethNamespace
+
+RATES: tuple[int, ...] = (50_000, 100_000, 200_000, 0)  # 0: as fast as the sender goes
+LATENCY_RATE = 20_000
+PORT = 7000
+MARK_BEGIN = "<!-- hdrlog bench: begin -->"
+MARK_END = "<!-- hdrlog bench: end -->"
+
+
+@dataclass
+class Row:
+    contender: str
+    rate: int  # offered packets/s asked of the sender; 0 = flat out
+    seconds: float
+    offered: int
+    delivered: int
+    counted: dict[str, int]
+    cpu_s: float
+    peak_rss_bytes: int = 0
+    note: str = ""
+    extra: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def unaccounted(self) -> int:
+        return self.offered - self.delivered - sum(self.counted.values())
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.delivered / self.cpu_s if self.cpu_s > 0 else 0.0
+
+    @property
+    def kept(self) -> float:
+        return self.delivered / self.offered if self.offered else 0.0
+
+
+@dataclass
+class Report:
+    started: str
+    machine: str
+    seconds: float
+    rows: list[Row] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    overhead: dict[str, float] = field(default_factory=dict)
+    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for row, out in zip(self.rows, d["rows"], strict=True):
+            out.update(unaccounted=row.unaccounted, per_cpu_s=round(row.per_cpu_s))
+        return d
+
+
+def machine() -> str:
+    import os
+    import platform
+
+    cpus = os.cpu_count() or 0
+    mem = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem = int(line.split()[1]) // (1024 * 1024)
+    return f"{cpus} vCPUs, {mem} GiB, kernel {platform.release()}, Python {platform.python_version()}"
+
+
+def _link_counters(net: VethNamespace) -> dict[str, int]:
+    """The veth pair's packet and drop counters (host side here, peer side in the namespace)."""
+    def read(prefix: Sequence[str], iface: str) -> dict[str, Any]:
+        out = net._ip(*prefix, "-s", "-j", "link", "show", iface).stdout
+        return dict(json.loads(out)[0]["stats64"])
+
+    host = read((), net.host_if)
+    peer = read(("-n", net.ns), net.peer_if)
+    return {"rx_packets": int(host["rx"]["packets"]),
+            "dropped": int(host["rx"]["dropped"]) + int(peer["tx"]["dropped"])}
+
+
+class Bench:
+    def __init__(self, out: Callable[[str], None], seconds: float, workdir: Path) -> None:
+        self.say = out
+        self.seconds = seconds
+        self.stack = StackSettings.from_env()
+        self.workdir = workdir
+        self.sender = build_sender(Path.home() / ".cache" / "hdrlog" / "bench")
+        self.net = VethNamespace(ns="hdrlog-bench", host_if="hlbench0", peer_if="hlbench1",
+                                 host_ip="10.208.0.1", peer_ip="10.208.0.2")
+
+    def __enter__(self) -> Bench:
+        self.net.create(quiet=True)
+        self.sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the datagrams' receiver; never read
+        self.sink.bind((self.net.host_ip, PORT))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sink.close()
+        self.net.destroy()
+
+    def target(self, name: str, topic_config: dict[str, str] | None = None) -> Target:
+        topic = f"hdrlog.bench.{name.replace(' ', '-').replace('+', '-')}.{uuid.uuid4().hex[:8]}"
+        create_topic(self.stack.bootstrap_servers, topic, topic_config)
+        work = Path(tempfile.mkdtemp(prefix="run-", dir=self.workdir))
+        return Target(self.net.host_if, self.stack.bootstrap_servers, self.stack.registry_url, topic, str(work))
+
+    def traffic(self, rate: int, seconds: float) -> tuple[int, dict[str, int]]:
+        """Send for ``seconds``; (datagrams sent, the veth pair's counters' deltas)."""
+        before = _link_counters(self.net)
+        sent = int(send(self.net, self.sender, self.net.host_ip, PORT, rate, seconds).communicate()[0])
+        after = _link_counters(self.net)
+        return sent, {k: after[k] - before[k] for k in after}
+
+    def run(self, contender: Contender, rate: int, seconds: float,
+            topic_config: dict[str, str] | None = None) -> tuple[Row, Target]:
+        target = self.target(contender.name, topic_config)
+        running = contender.start(target)
+        try:
+            offered, link = self.traffic(rate, seconds)
+        finally:
+            result: Result = running.stop()
+        counted = dict(result.counted)
+        if link["dropped"]:
+            counted["network"] = link["dropped"]
+        row = Row(contender.name, rate, seconds, offered, result.delivered, counted, result.cpu_s,
+                  result.peak_rss_bytes, result.note, dict(result.extra))
+        self.say(f"  {row.contender:<16} {_rate(rate):>7}: offered {offered:>9,}  delivered {row.delivered:>9,}  "
+                 f"counted {sum(counted.values()):>9,}  unaccounted {row.unaccounted:>7,}  cpu {row.cpu_s:6.2f} s  "
+                 f"{row.per_cpu_s:>11,.0f} rec/cpu-s")
+        return row, target
+
+    def overhead(self, contender: Contender, rounds: int, seconds: float) -> dict[str, float]:
+        """Packets/s the veth pair carries flat out, without and with the agent attached, alternating."""
+        without: list[float] = []
+        with_agent: list[float] = []
+        for _ in range(rounds):
+            _sent, link = self.traffic(0, seconds)
+            without.append(link["rx_packets"] / seconds)
+            running = contender.start(self.target("overhead"))
+            try:
+                _sent, link = self.traffic(0, seconds)
+                with_agent.append(link["rx_packets"] / seconds)
+            finally:
+                running.stop()
+        w, a = sum(without) / rounds, sum(with_agent) / rounds
+        self.say(f"  overhead: {w:,.0f} packets/s without the agent, {a:,.0f} with it: {a / w:.3f}")
+        return {"without_pps": round(w), "with_pps": round(a), "ratio": round(a / w, 4)}
+
+    def latency(self, shape: str, seconds: float) -> dict[str, float]:
+        """Capture -> broker append, per record, at LATENCY_RATE records/s with the default linger."""
+        row, target = self.run(HdrlogContender(shape), LATENCY_RATE, seconds,
+                               {"message.timestamp.type": "LogAppendTime"})
+        lat = sorted(record_latencies_ms(target, shape))
+        if not lat:
+            raise HdrlogError(f"latency run ({shape}): no records in {target.topic}")
+        q = {"p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))], "max": lat[-1],
+             "records": float(len(lat))}
+        self.say(f"  latency {shape}: p50 {q['p50']:.0f} ms, p99 {q['p99']:.0f} ms, max {q['max']:.0f} ms "
+                 f"over {len(lat):,} records")
+        return q
+
+
+def record_latencies_ms(target: Target, shape: str) -> list[float]:
+    """For every record in the topic: the broker's append time minus the record's capture time, in ms."""
+    import io
+
+    from confluent_kafka import Consumer, TopicPartition
+    from fastavro import schemaless_reader
+
+    from producer.serialize.schemas import AvroSchema
+
+    schema = AvroSchema.load("HeaderBatch" if shape == "batch" else "HeaderRecord").parsed
+    c = Consumer({"bootstrap.servers": target.bootstrap_servers, "group.id": "hdrlog-bench-latency",
+                  "enable.auto.commit": False})
+    out: list[float] = []
+    try:
+        low, high = c.get_watermark_offsets(TopicPartition(target.topic, 0), timeout=30)
+        c.assign([TopicPartition(target.topic, 0, low)])
+        got = 0
+        end = time.monotonic() + 120
+        while got < high - low and time.monotonic() < end:
+            for m in c.consume(1000, 1.0):
+                if m.error() is not None:
+                    continue
+                got += 1
+                appended_ms = m.timestamp()[1]
+                value: Any = schemaless_reader(io.BytesIO((m.value() or b"")[5:]), schema)
+                for r in value["records"] if shape == "batch" else [value]:
+                    out.append(appended_ms - r["timestamp_ns"] / 1e6)
+    finally:
+        c.close()
+    return out
+
+
+def _rate(rate: int) -> str:
+    return "max" if rate == 0 else f"{rate // 1000}k"
+
+
+def contenders(names: Sequence[str] | None) -> list[Contender]:
+
+    every: list[Contender] = [HdrlogContender("batch"), HdrlogContender("record"), Pmacctd(), TsharkKcat(),
+                              PerRecordBaseline()]
+    if not names:
+        return every
+    known = {c.name: c for c in every}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise HdrlogError(f"unknown contender {unknown[0]!r} (choose from {', '.join(known)})")
+    return [known[n] for n in names]
+
+
+def run_bench(*, seconds: float, rates: Sequence[int], names: Sequence[str] | None, overhead_rounds: int,
+              latency_s: float, out_dir: Path, say: Callable[[str], None], update: Path | None) -> Report:
+    report = Report(datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), machine(), seconds)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="hdrlog-bench-"))
+    try:
+        with Bench(say, seconds, work) as bench:
+            chosen = contenders(names)
+            for c in chosen:
+                why = c.available()
+                if why:
+                    report.skipped[c.name] = why
+                    say(f"  {c.name}: not run: {why}")
+            runnable = [c for c in chosen if c.name not in report.skipped]
+            for rate in rates:
+                say(f"offered {_rate(rate)} packets/s for {seconds:g} s:")
+                for c in runnable:
+                    report.rows.append(bench.run(c, rate, seconds)[0])
+            if overhead_rounds:
+                say("data-path overhead:")
+                report.overhead = bench.overhead(HdrlogContender("batch"), overhead_rounds, seconds)
+            if latency_s:
+                say(f"latency at {LATENCY_RATE // 1000}k records/s:")
+                for shape in ("batch", "record"):
+                    report.latency_ms[shape] = bench.latency(shape, latency_s)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = markdown(report)
+    (out_dir / "bench.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    (out_dir / "bench.md").write_text(table)
+    chart(report, out_dir / "bench.png")
+    say("")
+    say(table)
+    if update is not None:
+        update_section(update, table, out_dir / "bench.png")
+        say(f"updated {update}")
+    return report
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.0f} MiB"
+
+
+def _best(report: Report, name: str, rate: int = 0) -> Row | None:
+    return next((r for r in report.rows if r.contender == name and r.rate == rate), None)
+
+
+def markdown(report: Report) -> str:
+    """The table, the ratios and the targets, as BENCHMARKS.md shows them."""
+    lines = [f"Run {report.started} on {report.machine}; {report.seconds:g} s per run.", "",
+             "| contender | offered | offered pkts | delivered | kept | counted loss | unaccounted | CPU s "
+             "| records / CPU-s | peak RSS |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for r in report.rows:
+        counted = ", ".join(f"{k} {v:,}" for k, v in sorted(r.counted.items())) or "0"
+        lines.append(f"| {r.contender} | {_rate(r.rate)} | {r.offered:,} | {r.delivered:,} | {r.kept:.1%} "
+                     f"| {counted} | {r.unaccounted:,} | {r.cpu_s:.2f} | {r.per_cpu_s:,.0f} "
+                     f"| {_mib(r.peak_rss_bytes) if r.peak_rss_bytes else '-'} |")
+    for name, why in report.skipped.items():
+        lines.append(f"| {name} | not run: {why} | | | | | | | | |")
+    lines.append("")
+    batch, record = _best(report, "hdrlog batch"), _best(report, "hdrlog record")
+    checks: list[str] = []
+    if batch:
+        for peer, want in (("pmacctd", 10), ("tshark+kcat", 100), ("per-record python", 10)):
+            other = _best(report, peer)
+            if other and other.per_cpu_s:
+                ratio = batch.per_cpu_s / other.per_cpu_s
+                checks.append(f"- hdrlog batch / {peer}: **{ratio:,.1f}x** records per CPU-second at max "
+                              f"(target {want}x: {'met' if ratio >= want else 'NOT met'})")
+        checks.append(f"- hdrlog batch: {batch.per_cpu_s:,.0f} records per CPU-second at max "
+                      f"(target 1,000,000: {'met' if batch.per_cpu_s >= 1e6 else 'NOT met'})")
+    if record:
+        checks.append(f"- hdrlog record: {record.per_cpu_s:,.0f} records per CPU-second at max "
+                      f"(target 400,000: {'met' if record.per_cpu_s >= 4e5 else 'NOT met'})")
+    ours = [r for r in report.rows if r.contender.startswith("hdrlog")]
+    if ours:
+        bad = [r for r in ours if r.unaccounted]
+        gaps = ", ".join(f"{r.contender} {_rate(r.rate)}: {r.unaccounted:,}" for r in bad)
+        checks.append(f"- unaccounted loss, hdrlog, every rate: {gaps or '0 (met)'}")
+        at100 = [r for r in ours if r.rate == 100_000]
+        if at100:
+            lossy = [r for r in at100 if r.delivered != r.offered]
+            checks.append("- loss of any kind at 100k packets/s: " + (
+                "none (met)" if not lossy else ", ".join(f"{r.contender} {r.offered - r.delivered:,}" for r in lossy)))
+        peak = max(r.peak_rss_bytes for r in ours)
+        checks.append(f"- peak agent RSS: {_mib(peak)} (target < 300 MiB: {'met' if peak < 300 << 20 else 'NOT met'})"
+                      f"; BPF maps {_mib(max(r.extra.get('bpf_map_bytes', 0) for r in ours))}")
+    if report.overhead:
+        o = report.overhead
+        checks.append(f"- data-path overhead: {o['with_pps']:,.0f} / {o['without_pps']:,.0f} packets/s = "
+                      f"**{o['ratio']:.3f}** (target 0.90: {'met' if o['ratio'] >= 0.9 else 'NOT met'})")
+    for shape, q in report.latency_ms.items():
+        checks.append(f"- latency capture -> broker, {shape}, {LATENCY_RATE // 1000}k records/s: "
+                      f"p50 {q['p50']:.0f} ms, p99 {q['p99']:.0f} ms, max {q['max']:.0f} ms (target p99 < 250 ms: "
+                      f"{'met' if q['p99'] < 250 else 'NOT met'})")
+    return "\n".join(lines + checks) + "\n"
+
+
+def chart(report: Report, path: Path) -> None:
+    """Records per CPU-second and loss against offered rate, one line per contender."""
+    import logging
+
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # not its font-cache notice in our log
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = list(dict.fromkeys(r.contender for r in report.rows))
+    rates = sorted({r.rate for r in report.rows}, key=lambda x: (x == 0, x))
+    xs = list(range(len(rates)))
+    for name in names:
+        rows = {r.rate: r for r in report.rows if r.contender == name}
+        left.plot(xs, [rows[x].per_cpu_s if x in rows else float("nan") for x in rates], marker="o", label=name)
+        right.plot(xs, [100 * (1 - rows[x].kept) if x in rows else float("nan") for x in rates], marker="o",
+                   label=name)
+    for ax in (left, right):
+        ax.set_xticks(xs, [_rate(r) for r in rates])
+        ax.set_xlabel("offered packets/s")
+        ax.grid(True, alpha=0.3)
+    left.set_yscale("log")
+    left.set_ylabel("records delivered per CPU-second")
+    right.set_ylabel("records not delivered (%)")
+    left.legend(fontsize=8)
+    fig.suptitle(f"hdrlog bench, {report.started}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def update_section(path: Path, table: str, png: Path) -> None:
+    """Replace the part of BENCHMARKS.md between the bench markers with this run (and copy the chart)."""
+    text = path.read_text()
+    if MARK_BEGIN not in text or MARK_END not in text:
+        raise HdrlogError(f"{path} has no '{MARK_BEGIN}' ... '{MARK_END}' section to update")
+    image = path.parent / "benchmarks" / "bench.png"
+    if png.resolve() != image.resolve():
+        shutil.copyfile(png, image)
+    head, rest = text.split(MARK_BEGIN, 1)
+    _old, tail = rest.split(MARK_END, 1)
+    body = f"\n![records per CPU-second and loss against offered rate](benchmarks/bench.png)\n\n{table}"
+    path.write_text(head + MARK_BEGIN + body + MARK_END + tail)

@@ -1,0 +1,47 @@
+"""`hdrlog bench --quick`: every contender runs on the same traffic and the table is well-formed.
+
+It measures nothing worth keeping (1 s runs; the figures are in BENCHMARKS.md, from
+`make bench`); it checks that the benchmark works end to end on this machine, and
+that the agent's rows reconcile exactly: offered = delivered + counted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_hdrlog
+
+pytestmark = [pytest.mark.kernel, pytest.mark.stack]
+
+CONTENDERS = {"hdrlog batch", "hdrlog record", "pmacctd", "tshark+kcat", "per-record python"}
+
+
+def test_quick_bench_table_is_well_formed(stack, tmp_path: Path) -> None:
+    res = run_hdrlog("bench", "--quick", "--output", str(tmp_path), timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["skipped"] == {}, report["skipped"]
+    rows = {(r["contender"], r["rate"]): r for r in report["rows"]}
+    assert set(rows) == {(c, 50_000) for c in CONTENDERS}
+    for (name, _rate), r in rows.items():
+        assert r["offered"] > 40_000, r  # the sender kept its rate
+        assert 0 <= r["delivered"] <= r["offered"] + 10, r  # tshark/pmacct may see a stray frame; never more
+        assert r["cpu_s"] > 0 and r["per_cpu_s"] == round(r["delivered"] / r["cpu_s"]), r
+        assert r["unaccounted"] == r["offered"] - r["delivered"] - sum(r["counted"].values()), r
+        if name.startswith("hdrlog"):
+            # on a quiet pair at 50k packets/s the agent keeps everything, and everything is accounted for
+            assert r["unaccounted"] == 0 and r["delivered"] == r["offered"], r
+            assert r["peak_rss_bytes"] > 0 and r["extra"]["bpf_map_bytes"] > 16 << 20, r
+            assert r["extra"]["acknowledged"] == r["delivered"], r
+    o = report["overhead"]
+    assert o["without_pps"] > 0 and o["with_pps"] > 0 and o["ratio"] == round(o["with_pps"] / o["without_pps"], 4)
+    for shape in ("batch", "record"):
+        q = report["latency_ms"][shape]
+        assert q["records"] > 30_000 and 0 <= q["p50"] <= q["p99"] <= q["max"], q
+    table = (tmp_path / "bench.md").read_text()
+    assert table.count("\n| ") == 1 + len(CONTENDERS)  # the header and one row per contender
+    assert "records / CPU-s" in table and "unaccounted loss, hdrlog, every rate: 0 (met)" in table
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
