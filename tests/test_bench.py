@@ -45,3 +45,14 @@ def test_quick_bench_table_is_well_formed(stack, tmp_path: Path) -> None:
     assert table.count("\n| ") == 1 + len(CONTENDERS)  # the header and one row per contender
     assert "records / CPU-s" in table and "unaccounted loss, hdrlog, every rate: 0 (met)" in table
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_update_section_replaces_only_the_bench_section(tmp_path: Path) -> None:
+    from producer.bench.run import MARK_BEGIN, MARK_END, update_section
+
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(f"intro\n{MARK_BEGIN}\nold table\n{MARK_END}\nafter\n")
+    (tmp_path / "results").mkdir()
+    update_section(doc, "new table\n", tmp_path / "results" / "bench.png")
+    assert doc.read_text() == (f"intro\n{MARK_BEGIN}\n![records per CPU-second and loss against offered rate]"
+                               f"(results/bench.png)\n\nnew table\n{MARK_END}\nafter\n")

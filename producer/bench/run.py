@@ -23,6 +23,7 @@ LogAppendTime of its message) and the agent's peak RSS and BPF map memory.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import tempfile
@@ -380,14 +381,12 @@ def chart(report: Report, path: Path) -> None:
 
 
 def update_section(path: Path, table: str, png: Path) -> None:
-    """Replace the part of BENCHMARKS.md between the bench markers with this run (and copy the chart)."""
+    """Replace the part of BENCHMARKS.md between the bench markers with this run, linking its chart."""
     text = path.read_text()
     if MARK_BEGIN not in text or MARK_END not in text:
         raise HdrlogError(f"{path} has no '{MARK_BEGIN}' ... '{MARK_END}' section to update")
-    image = path.parent / "benchmarks" / "bench.png"
-    if png.resolve() != image.resolve():
-        shutil.copyfile(png, image)
     head, rest = text.split(MARK_BEGIN, 1)
     _old, tail = rest.split(MARK_END, 1)
-    body = f"\n![records per CPU-second and loss against offered rate](benchmarks/bench.png)\n\n{table}"
+    link = os.path.relpath(png.resolve(), path.resolve().parent)
+    body = f"\n![records per CPU-second and loss against offered rate]({link})\n\n{table}"
     path.write_text(head + MARK_BEGIN + body + MARK_END + tail)
