@@ -163,3 +163,23 @@ def test_apache_avro_reads_what_the_fast_path_writes() -> None:
             assert by_apache == by_fastavro
             decoded += len(by_apache["records"]) if name == "HeaderBatch" else 1
         assert decoded == len(records)
+
+
+@pytest.mark.parametrize("instruction", [
+    [3, 0, -5, 0, 0, 0, 0, 0],  # fixed bytes of a negative width
+    [3, 118, 6, 0, 0, 0, 0, 0],  # fixed bytes past the record's end
+    [5, 105, 100, 0, 0, 0, 0, 76],  # a VLAN array longer than the record holds
+    [1, 0, 3, 0, 0, 0, 0, 0],  # an integer 3 bytes wide
+    [1, 0, 8, 0, 64, 0, 0, 0],  # a shift beyond 63
+    [4, 110, 16, 0, 0, 0, 0, 0],  # an IP address past the end
+    [6, 0, 0, 0, 0, 0, 0, 2],  # a constant that was not given
+    [9, 0, 0, 0, 0, 0, 0, 0],  # an unknown instruction
+])
+def test_the_compiled_encoder_refuses_a_program_that_reads_outside_the_record(instruction: list[int]) -> None:
+    from producer.serialize import _fastpath  # type: ignore[attr-defined]
+
+    records = random_records(2, 1)
+    offsets = np.empty(3, dtype=np.int64)
+    with pytest.raises(ValueError, match="fastpath.encode: instruction 0"):
+        _fastpath.encode(records.view(np.uint8).reshape(-1), abi.RECORD_SIZE, 96,
+                         np.array([instruction], dtype=np.int64), (), np.empty(0, np.uint32), (), 0, 0, b"", offsets)

@@ -17,7 +17,7 @@
  *   OP_FIXED   `width` raw bytes at `offset` (Avro fixed)
  *   OP_IP      Avro bytes: the 16 bytes at `offset` if the byte at `extra`
  *              (ip_version) is 6, else its first 4
- *   OP_VLANS   array<int>: the count (u8 at `offset`, at most `width`), the
+ *   OP_VLANS   array<int>: the count (u8 at `offset`, at most `width` < 64), the
  *              u16 ids at `extra`, the end-of-array 0 when the count is not 0
  *   OP_CONST   the pre-encoded bytes consts[extra] (host id, capture id, ...)
  *   OP_IFACE   the pre-encoded name of the u32 ifindex at `offset`, looked up
@@ -78,7 +78,7 @@ static Py_ssize_t max_bytes(const int64_t *ins, const blob *consts, Py_ssize_t i
 	case OP_FLAG: return n + 1;
 	case OP_FIXED: return n + ins[I_WIDTH];
 	case OP_IP: return n + 1 + 16;
-	case OP_VLANS: return n + 2 + ins[I_WIDTH] * 3 + 1;
+	case OP_VLANS: return n + 1 + ins[I_WIDTH] * 3 + 1; /* a count below 64: one byte; ids: 3 */
 	case OP_CONST: return n + consts[ins[I_EXTRA]].len;
 	case OP_IFACE: return n + iface_max;
 	default: return -1;
@@ -150,6 +150,8 @@ static PyObject *encode(PyObject *self, PyObject *args)
 		     ins[I_WIDTH] != 8) || ins[I_OFF] < 0 || end > record_size ||
 		    (ins[I_OP] == OP_IP && (ins[I_EXTRA] < 0 || ins[I_EXTRA] >= record_size)) ||
 		    (ins[I_OP] == OP_VLANS && (ins[I_EXTRA] < 0 || ins[I_EXTRA] + 2 * ins[I_WIDTH] > record_size)) ||
+		    (ins[I_OP] == OP_FIXED && ins[I_WIDTH] < 0) ||
+		    (ins[I_OP] == OP_VLANS && (ins[I_WIDTH] < 0 || ins[I_WIDTH] > 63)) ||
 		    ins[I_SHIFT] < 0 || ins[I_SHIFT] > 63) {
 			PyErr_Format(PyExc_ValueError, "fastpath.encode: instruction %zd is out of the record", j);
 			goto out;
