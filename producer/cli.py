@@ -86,21 +86,71 @@ def _agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def _consume_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "consume", help="print header records from a topic as JSON lines",
-        description="Read header records with a consumer group, decode them through the schema registry "
-        "(both message shapes: a HeaderBatch is expanded into its records) and print one JSON object per "
-        "record. Offsets are committed after each message's records are written. Takes the agent's "
-        "[kafka] and [registry] settings from --config (TLS, SASL), the environment and these flags.")
+        "consume", help="turn the header topic into SIEM / data-lake input (ECS, OCSF; NDJSON, Parquet)",
+        description=textwrap.fill(
+            "Read header records as a member of a consumer group (run more members to scale out), decode "
+            "them through the schema registry (every schema version, both message shapes), map each record "
+            "to an ECS or OCSF event (or leave it raw) and write the events to a sink. Offsets are "
+            "committed per partition only after the sink acknowledged the events (every --commit-interval, "
+            "on a rebalance and at exit), so a crash re-reads and never skips; event ids are stable across "
+            "replays. A message that cannot be decoded or mapped goes to <topic>.dlq with Kafka Connect's "
+            "error headers, is counted, and the consumer moves on. SIGTERM / SIGINT flush, commit and exit. "
+            "Takes the agent's [kafka] and [registry] settings (TLS, SASL) from --config, the environment "
+            "and these flags.", 90),
+        epilog="sinks (--sink):\n"
+        "  stdout          NDJSON on standard output (default)\n"
+        "  file:DIR        NDJSON files DIR/hdrlog-<format>.ndjson, rotated at --file-max-bytes\n"
+        "  parquet:DIR     Parquet files DIR/dt=YYYY-MM-DD/host=HOST/part-*.parquet\n"
+        "  opensearch:URL  _bulk to OpenSearch (elasticsearch:URL: Elasticsearch), _id = event id, --index\n"
+        "  hec:URL         Splunk HTTP Event Collector (--format cim; token: --sink-token-file or HDRLOG_SINK_TOKEN)\n"
+        "  kafka:TOPIC     one JSON message per event, keyed by event id\n"
+        "\nexamples:\n"
+        "  hdrlog consume --group siem --format ecs --sink file:/var/log/hdrlog\n"
+        "  hdrlog consume --group lake --format ocsf --sink parquet:/data/hdrlog --from-beginning\n"
+        "  hdrlog consume --format text --from-beginning --idle-timeout 5    # a quick look\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help="TOML file; its [kafka] and [registry] tables are used")
     _add_setting_flags(p, ("kafka.topic", "kafka.bootstrap_servers", "registry.url"))
-    p.add_argument("--group", default=None, help="consumer group (default: a new one per run)")
+    p.add_argument("--group", default=None,
+                   help="consumer group; members of one group share the partitions (default hdrlog-consume-FORMAT)")
+    p.add_argument("--format", choices=["ecs", "ocsf", "cim", "raw", "text"], default="ecs",
+                   help="ecs: Elastic Common Schema 9.x (default); ocsf: OCSF 1.8 Network Activity; cim: Splunk "
+                   "CIM Network Traffic (for hec); raw: the records as the schema has them; text: one readable "
+                   "line per record (stdout only)")
+    p.add_argument("--sink", default="stdout", metavar="SINK", help="where events go (below; default stdout)")
     p.add_argument("--from-beginning", action="store_true",
-                   help="start at the earliest offset when the group has none committed")
-    p.add_argument("--max-records", type=int, metavar="N", help="stop after N records")
-    p.add_argument("--idle-timeout", type=float, metavar="S",
-                   help="stop when no record arrived for S seconds")
-    p.add_argument("--format", choices=["json", "text"], default="json",
-                   help="json: one object per record (default); text: one readable line per record")
+                   help="start at the earliest offset when the group has none committed (default: the latest)")
+    p.add_argument("--max-records", type=int, metavar="N",
+                   help="stop once N events are written (at a message boundary)")
+    p.add_argument("--idle-timeout", type=float, metavar="S", help="stop when no message arrived for S seconds")
+    p.add_argument("--commit-interval", type=float, metavar="S", default=None,
+                   help="flush the sink and commit this often (default 1; parquet: 60, each flush closes files)")
+    p.add_argument("--file-max-bytes", type=int, default=128 << 20, metavar="N",
+                   help="file sink: rotate the NDJSON file at this size (default 128 MiB)")
+    p.add_argument("--file-keep", type=int, default=0, metavar="N",
+                   help="file sink: keep at most N rotated files (default 0: all)")
+    p.add_argument("--parquet-file-rows", type=int, default=1_000_000, metavar="N",
+                   help="parquet sink: close a file at N rows, even before a commit (default 1000000)")
+    p.add_argument("--parquet-row-group-rows", type=int, default=128 * 1024, metavar="N",
+                   help="parquet sink: rows per row group (default 131072)")
+    p.add_argument("--index", default="hdrlog-{format}-{date}",
+                   help="opensearch/elasticsearch sink: the index; {format} and {date} (the event's UTC date, "
+                   "YYYY.MM.DD) are filled in (default hdrlog-{format}-{date})")
+    p.add_argument("--hec-index", default="", help="hec sink: the Splunk index (default: the token's)")
+    p.add_argument("--sink-user", default="", help="HTTP sinks: basic auth user")
+    p.add_argument("--sink-password-file", default="", metavar="FILE",
+                   help="HTTP sinks: the basic auth password, from FILE (else env HDRLOG_SINK_PASSWORD)")
+    p.add_argument("--sink-token-file", default="", metavar="FILE",
+                   help="hec sink: the HEC token, from FILE (else env HDRLOG_SINK_TOKEN)")
+    p.add_argument("--sink-ca", default="", metavar="FILE",
+                   help="HTTP sinks: verify the server against this CA bundle (default: the system's)")
+    p.add_argument("--sink-retry", type=float, default=300.0, metavar="S",
+                   help="HTTP sinks: retry what the server asks to retry (429, 5xx) for S seconds, then stop "
+                   "without committing (default 300)")
+    p.add_argument("--listen", default="off", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics here (default off; 127.0.0.1:0 takes a free port)")
+    p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                   help="a status line on stderr: events/s, lag per partition (auto: when stderr is a terminal)")
 
 
 def _schemas_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -129,11 +179,17 @@ def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 def _stack_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "stack", help="run the local Kafka + schema registry (development and tests)",
+        "stack", help="run the local Kafka + schema registry, and on request OpenSearch and Kafka Connect",
         description="A single-node Kafka (KRaft) and an Apicurio registry (kafkasql storage) as "
         "local processes bound to 127.0.0.1; state and logs under ~/.cache/hdrlog "
         "(HDRLOG_CACHE_DIR). Ports: HDRLOG_STACK_KAFKA_PORT, HDRLOG_STACK_REGISTRY_PORT.")
     p.add_argument("action", choices=["up", "down", "status", "restart"])
+    p.add_argument("--opensearch", action="store_true",
+                   help="also run an OpenSearch node on 127.0.0.1:9200 (HDRLOG_STACK_OPENSEARCH_PORT), the "
+                   "consumer's _bulk target; it runs as nobody when the stack runs as root")
+    p.add_argument("--connect", action="store_true",
+                   help="also run a Kafka Connect worker (standalone, REST on 127.0.0.1:8083, "
+                   "HDRLOG_STACK_CONNECT_PORT) with FileStream connectors and Apicurio's Avro converter")
 
 
 def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -256,28 +312,62 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
-    import os
-
-    from producer.consumer.console import ConsumeOptions, consume
+    from producer.consumer.build import SinkOptions, formatter, sink
+    from producer.consumer.runner import ConsumeOptions, Runner
+    from producer.consumer.sinks.http import HttpOptions
+    from producer.consumer.telemetry import ConsumerTelemetry, Progress, metrics_renderer, render_metrics
+    from producer.telemetry.server import TelemetryServer
 
     cfg = load_config(args.config, os.environ, _overrides(args))
+    for name in ("max_records", "file_max_bytes", "parquet_file_rows", "parquet_row_group_rows"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.file_keep < 0:
+        raise ConfigError("--file-keep must not be negative")
+    interval = args.commit_interval
+    if interval is None:
+        interval = 60.0 if args.sink.startswith("parquet:") else 1.0
+    if interval <= 0:
+        raise ConfigError("--commit-interval must be positive")
+    if args.sink_retry <= 0:
+        raise ConfigError("--sink-retry must be positive")
+    client_id = f"hdrlog-consume-{uuid.uuid4().hex[:8]}"
+    out = sink(args.sink, args.format, SinkOptions(
+        file_max_bytes=args.file_max_bytes, file_keep=args.file_keep, parquet_file_rows=args.parquet_file_rows,
+        parquet_row_group_rows=args.parquet_row_group_rows, index=args.index, hec_index=args.hec_index,
+        http=HttpOptions(user=args.sink_user, password_file=args.sink_password_file,
+                         token_file=args.sink_token_file, ca_file=args.sink_ca, retry_s=args.sink_retry),
+        kafka={"bootstrap.servers": cfg.kafka.bootstrap_servers, "client.id": client_id,
+               **cfg.kafka.properties}))
     opts = ConsumeOptions(
         bootstrap_servers=cfg.kafka.bootstrap_servers, schema_registry=cfg.registry.url,
-        kafka=cfg.kafka.properties, registry=cfg.registry.properties,
-        topic=cfg.kafka.topic, group=args.group or f"hdrlog-console-{uuid.uuid4().hex[:8]}",
-        from_beginning=args.from_beginning, max_records=args.max_records,
-        idle_timeout_s=args.idle_timeout, text=args.format == "text")
-    _stop_on_signals_for_consumer()
-    report = consume(opts, sys.stdout)
-    sys.stderr.write(json.dumps({"records": report.records}) + "\n")
+        kafka=cfg.kafka.properties, registry=cfg.registry.properties, topic=cfg.kafka.topic,
+        group=args.group or f"hdrlog-consume-{args.format}", from_beginning=args.from_beginning,
+        max_records=args.max_records, idle_timeout_s=args.idle_timeout, commit_interval_s=interval,
+        client_id=client_id)
+    tel = ConsumerTelemetry()
+    progress = Progress(tel)
+    progress.enabled = args.progress == "on" or (args.progress == "auto" and progress.enabled)
+    server = None
+    if args.listen != "off":
+        host, _, port = args.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--listen {args.listen!r} is not HOST:PORT or off")
+        registry = metrics_renderer(tel)
+        server = TelemetryServer(host.strip("[]"), int(port), status=tel.snapshot,
+                                 metrics=lambda: render_metrics(registry))
+        server.start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _s, _f: stop.set())
+    try:
+        report = Runner(opts, formatter(args.format), out, telemetry=tel, progress=progress).run(stop)
+    finally:
+        if server is not None:
+            server.stop()
+    sys.stderr.write(json.dumps({"summary": report.counters}) + "\n")
     return 0
-
-
-def _stop_on_signals_for_consumer() -> None:
-    def handler(_sig: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
@@ -335,7 +425,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_stack(args: argparse.Namespace) -> int:
     from producer.devstack import StackSettings, run_stack_command
 
-    return run_stack_command(args.action, StackSettings.from_env())
+    return run_stack_command(args.action, StackSettings.from_env(), with_opensearch=args.opensearch,
+                             with_connect=args.connect)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

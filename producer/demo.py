@@ -17,7 +17,8 @@ from typing import Any
 
 from producer.agent import AgentReport
 from producer.config import load_config
-from producer.consumer.console import ConsumeOptions, consume
+from producer.consumer.build import formatter, sink
+from producer.consumer.runner import ConsumeOptions, Runner
 from producer.errors import HdrlogError
 from producer.netns import VethNamespace
 from producer.pipeline import build
@@ -112,9 +113,10 @@ def _one_shape(settings: Any, net: VethNamespace, iface: str | None, duration_s:
     what = "HeaderBatch" if shape == "batch" else "HeaderRecord"
     _say(f"[{shape}] consumer: {delivered} records in {messages} Kafka messages ({what}) from topic {topic}, "
          "decoded through the registry")
-    consume(ConsumeOptions(
+    fmt = "raw" if json_lines else "text"
+    Runner(ConsumeOptions(
         bootstrap_servers=settings.bootstrap_servers, schema_registry=settings.registry_url,
-        topic=topic, group="hdrlog-demo", from_beginning=True,
-        max_records=delivered, idle_timeout_s=15, text=not json_lines), sys.stdout)
+        topic=topic, group="hdrlog-demo", from_beginning=True, max_records=delivered, idle_timeout_s=15),
+        formatter(fmt), sink("stdout", fmt)).run(threading.Event())
     _say(f"[{shape}] agent counters")
     print(json.dumps(report.as_dict(), indent=2), file=sys.stderr)

@@ -13,6 +13,8 @@ that property instead of guessing from messages.
     ├── RegistryError             schema registry unreachable or refused
     ├── BrokerError               Kafka unreachable or refused
     ├── SerializationError        a record could not be encoded/decoded
+    │   └── PoisonMessage         a consumed message that can never be decoded (to the dead-letter topic)
+    ├── SinkError                 a consumer sink refused or failed a write
     └── StackError                the local dev stack failed to start/stop
 """
 
@@ -47,7 +49,9 @@ class InterfaceError(CaptureError):
 
 
 class RegistryError(HdrlogError):
-    """The schema registry is unreachable or refused a request."""
+    """The schema registry is unreachable or refused a request; ``status`` is its HTTP answer, if any."""
+
+    status: int | None = None
 
 
 class BrokerError(HdrlogError):
@@ -56,6 +60,18 @@ class BrokerError(HdrlogError):
 
 class SerializationError(HdrlogError):
     """A record could not be encoded or decoded."""
+
+
+class PoisonMessage(SerializationError):
+    """A consumed message that no retry will decode; ``reason`` names why (consumer/telemetry.py)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message, retriable=False)
+        self.reason = reason
+
+
+class SinkError(HdrlogError):
+    """A consumer sink could not take a write: retriable (the sink is down, busy) or not."""
 
 
 class StackError(HdrlogError):

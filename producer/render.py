@@ -12,13 +12,13 @@ from typing import Any
 from producer.config import PROTOCOL_NAMES
 
 
-def mac_text(raw: bytes) -> str:
-    return raw.hex(":")
+def mac_text(raw: bytes | str) -> str:
+    return raw if isinstance(raw, str) else raw.hex(":")
 
 
-def ip_text(raw: bytes | None) -> str | None:
-    if raw is None:
-        return None
+def ip_text(raw: bytes | str | None) -> str | None:
+    if raw is None or isinstance(raw, str):  # None, or rendered already
+        return raw
     if len(raw) == 4:
         return str(ipaddress.IPv4Address(raw))
     if len(raw) == 16:
@@ -38,6 +38,14 @@ def render(record: dict[str, Any]) -> dict[str, Any]:
 
 _PROTO = {number: name for name, number in PROTOCOL_NAMES.items()}  # one table: the config's
 _TCP_FLAGS = "FSRPAUEC"
+
+
+TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "AE")
+
+
+def tcp_flag_names(flags: int) -> list[str]:
+    """The set bits of the 9-bit TCP flags field by name, lowest bit first."""
+    return [name for i, name in enumerate(TCP_FLAG_NAMES) if flags & (1 << i)]
 
 
 def tcp_flags_text(flags: int) -> str:

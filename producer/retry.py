@@ -13,7 +13,8 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from producer.errors import HdrlogError
@@ -43,7 +44,9 @@ def with_retry(
     retrying = Retrying(
         retry=retry_if_exception(_is_retriable),
         stop=stop_after_delay(deadline_s),
-        wait=wait_exponential_jitter(initial=initial_s, max=max_s),
+        # exponential from initial_s up to max_s, plus up to 1 s of jitter (tenacity's
+        # wait_exponential_jitter renamed its arguments between releases; these two have not)
+        wait=wait_exponential(multiplier=initial_s, max=max_s) + wait_random(0, 1),
         reraise=True,
         before_sleep=before_sleep,
     )

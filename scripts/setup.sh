@@ -9,7 +9,7 @@ DEB_PACKAGES=(
   python3-bpfcc        # bcc (never the unrelated PyPI "bcc")
   python3-venv
   linux-headers-amd64  # BCC compiles against /lib/modules/$(uname -r)/build
-  iproute2 iputils-ping tcpdump curl dnsutils util-linux procps bpftool
+  iproute2 iputils-ping tcpdump curl dnsutils util-linux procps bpftool unzip
   python3-scapy        # independent packet parser/crafter for the tests
   docker-compose python3-yaml  # `docker-compose config` checks docker-compose.yml
   maven                # fetches Kafka and Apicurio from Maven Central

@@ -63,6 +63,24 @@ def stack() -> Any:
     return settings
 
 
+@pytest.fixture(scope="session")
+def opensearch(stack: Any) -> str:
+    """A real OpenSearch node (``hdrlog stack up --opensearch``); its URL."""
+    from producer.devstack import LocalStack
+
+    LocalStack(stack).up(with_opensearch=True)
+    return str(stack.opensearch_url)
+
+
+@pytest.fixture(scope="session")
+def connect(stack: Any) -> str:
+    """A real Kafka Connect worker (``hdrlog stack up --connect``); its REST URL."""
+    from producer.devstack import LocalStack
+
+    LocalStack(stack).up(with_connect=True)
+    return str(stack.connect_url)
+
+
 @pytest.fixture
 def veth(root_required: None) -> Iterator[Any]:
     """A fresh namespace joined by a veth pair, unique per test."""

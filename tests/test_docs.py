@@ -48,3 +48,38 @@ def test_readme_documents_every_record_field() -> None:
         missing = {f["name"] for f in fields} - documented
         assert not missing, (name, missing)
         assert all(f.get("doc") for f in fields), name
+
+
+def _documented(section: str) -> set[str]:
+    """Field names in a README mapping table; `a.b` / `.c` in one cell expands to a.b and a.c."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split(section, 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    names: set[str] = set()
+    for row in table.splitlines():
+        if not row.startswith("| `"):
+            continue
+        cell = row.split("|")[1]
+        base = ""
+        for name in re.findall(r"`([@\w.]+)`", cell):
+            if name.startswith(".") and base:
+                name = base.rsplit(".", 1)[0] + name
+            base = name
+            names.add(name)
+    return names
+
+
+def test_readme_documents_every_ecs_ocsf_and_cim_field() -> None:
+    from producer.consumer.cim import CimFormatter
+    from producer.consumer.ecs import EcsFormatter
+    from producer.consumer.mapping import Origin, sample_records
+    from producer.consumer.ocsf import OcsfFormatter
+    from tests.schema_checks import leaves
+
+    for fmt, section in ((EcsFormatter(), "### ECS 9.x"), (OcsfFormatter(), "### OCSF 1.8"),
+                         (CimFormatter(), "### Splunk CIM")):
+        emitted: set[str] = set()
+        for event in fmt.events(sample_records(), Origin("t", 0, 0)):
+            emitted |= set(leaves(event))
+        documented = _documented(section)
+        missing = {f for f in emitted if f not in documented and not f.startswith("unmapped.")}
+        assert not missing, (fmt.name, sorted(missing))

@@ -175,7 +175,7 @@ def test_known_flows_arrive_in_kafka(veth, stack, start_agent, shape: str) -> No
 
     # the sample consumer reads the same topic and prints one JSON object per record
     res = run_hdrlog("consume", "--topic", topic, "--bootstrap-servers", stack.bootstrap_servers,
-                     "--schema-registry", stack.registry_url, "--from-beginning",
+                     "--schema-registry", stack.registry_url, "--from-beginning", "--format", "raw",
                      "--max-records", str(len(records)), "--idle-timeout", "20")
     assert res.returncode == 0, res.stderr
     lines = [json.loads(x) for x in res.stdout.splitlines()]

@@ -5,6 +5,10 @@ Confluent header and cached by id, so every registered version decodes with
 the schema it was written with.  A HeaderBatch is expanded into HeaderRecords
 (each item plus the batch's host, capture, instance and sequence); a
 HeaderRecord of version 1 gets the identity fields as null.
+
+A message that can never decode raises ``PoisonMessage`` with its reason
+(the runner dead-letters it and moves on); a registry that is down raises a
+retriable ``RegistryError`` (the runner waits: nothing is committed).
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from typing import Any
 
 import fastavro
 
-from producer.errors import SerializationError
+from producer.consumer.telemetry import Poison
+from producer.errors import PoisonMessage, RegistryError, SerializationError
 from producer.serialize.avro import parse_frame
 from producer.serialize.registry import Registry
 
 IDENTITY_FIELDS = ("capture_id", "capture_cpu", "capture_seq", "agent_instance", "sequence")
 BATCH_FIELDS = ("host_id", "capture_id", "agent_instance", "sequence")
+HEADER_SCHEMAS = ("HeaderBatch", "HeaderRecord")
 
 
 class MessageDecoder:
@@ -31,22 +37,42 @@ class MessageDecoder:
     def _schema(self, schema_id: int) -> tuple[str, Any]:
         found = self._schemas.get(schema_id)
         if found is None:
-            raw = json.loads(self._registry.schema_text(schema_id))
-            parsed = fastavro.parse_schema(raw)
-            found = (str(raw.get("name", "")).rsplit(".", 1)[-1], parsed)
+            try:
+                text = self._registry.schema_text(schema_id)
+            except RegistryError as exc:
+                if exc.status == 404:
+                    raise PoisonMessage(f"the registry has no schema id {schema_id}", Poison.UNKNOWN_SCHEMA) from exc
+                raise
+            try:
+                raw = json.loads(text)
+                parsed = fastavro.parse_schema(raw)
+            except (ValueError, fastavro.schema.SchemaParseException) as exc:  # not Avro (JSON Schema, Protobuf)
+                raise PoisonMessage(f"schema id {schema_id} is not an Avro schema: {exc}", Poison.WRONG_SCHEMA) from exc
+            found = (str(raw.get("name", "")).rsplit(".", 1)[-1] if isinstance(raw, dict) else "", parsed)
             self._schemas[schema_id] = found
         return found
 
     def decode(self, value: bytes) -> tuple[str, dict[str, Any]]:
         """(schema name, the datum as written)."""
-        schema_id, body = parse_frame(value)
-        name, parsed = self._schema(schema_id)
         try:
-            datum = fastavro.schemaless_reader(io.BytesIO(body), parsed, None)
-        except (EOFError, ValueError, TypeError, IndexError) as exc:
-            raise SerializationError(f"message does not match its schema id {schema_id}: {exc}") from exc
+            schema_id, body = parse_frame(value)
+        except SerializationError as exc:
+            raise PoisonMessage(str(exc), Poison.BAD_MAGIC) from exc
+        name, parsed = self._schema(schema_id)
+        if name not in HEADER_SCHEMAS:
+            raise PoisonMessage(f"schema id {schema_id} is {name or 'unnamed'}, not a header record schema",
+                                Poison.WRONG_SCHEMA)
+        reader = io.BytesIO(body)
+        try:
+            datum = fastavro.schemaless_reader(reader, parsed, None)
+        except (EOFError, ValueError, TypeError, IndexError, UnicodeDecodeError, MemoryError, OverflowError) as exc:
+            raise PoisonMessage(f"the body does not match schema id {schema_id}: {type(exc).__name__}: {exc}",
+                                Poison.DECODE_ERROR) from exc
+        if reader.tell() != len(body):
+            raise PoisonMessage(f"{len(body) - reader.tell()} bytes left after the datum of schema id {schema_id}",
+                                Poison.DECODE_ERROR)
         if not isinstance(datum, dict):
-            raise SerializationError(f"schema id {schema_id} is not a record schema")
+            raise PoisonMessage(f"schema id {schema_id} is not a record schema", Poison.WRONG_SCHEMA)
         return name, datum
 
     def records(self, value: bytes) -> list[dict[str, Any]]:
@@ -54,8 +80,6 @@ class MessageDecoder:
         if name == "HeaderBatch":
             common = {k: datum[k] for k in BATCH_FIELDS}
             return [{**common, **item} for item in datum["records"]]
-        if name == "HeaderRecord":
-            for k in IDENTITY_FIELDS:
-                datum.setdefault(k, None)
-            return [datum]
-        raise SerializationError(f"schema {name!r} is not a header record schema")
+        for k in IDENTITY_FIELDS:
+            datum.setdefault(k, None)
+        return [datum]

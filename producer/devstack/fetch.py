@@ -1,4 +1,4 @@
-"""Fetching Kafka and Apicurio Registry from Maven Central, once per version.
+"""Fetching Kafka, Apicurio Registry, Kafka Connect and OpenSearch from Maven Central, once per version.
 
 Maven does the downloading (checksums, mirrors and proxies as the user has set
 them up) and keeps its cache in ~/.m2 as usual; we only copy what we need into
@@ -36,6 +36,32 @@ _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
     <dependency>
       <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
       <version>{log4j}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+_CONNECT_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <!-- Written by hdrlog: only a dependency list for `mvn dependency:copy-dependencies`. -->
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>io.hdrlog.devstack</groupId>
+  <artifactId>connect-runtime</artifactId>
+  <version>{kafka}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId><artifactId>connect-runtime</artifactId><version>{kafka}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.kafka</groupId><artifactId>connect-file</artifactId><version>{kafka}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+    <dependency>
+      <groupId>io.apicurio</groupId><artifactId>apicurio-registry-utils-converter</artifactId>
+      <version>{converter}</version>
     </dependency>
   </dependencies>
 </project>
@@ -94,6 +120,54 @@ class Fetcher:
         archive.unlink()  # ~/.m2 keeps a copy; this one only doubled the disk use
         (dest / COMPLETE).touch()
         self._say(f"Apicurio Registry {version} ready in {dest} ({time.monotonic() - t0:.0f} s)")
+
+    def connect(self, kafka_version: str, converter: str, libs: Path) -> None:
+        """``libs`` ends up holding Kafka Connect's class path, the FileStream connectors and the converter."""
+        if (libs / COMPLETE).exists():
+            return
+        work = self._root / f"connect-{kafka_version}-pom"
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "pom.xml").write_text(_CONNECT_POM.format(kafka=kafka_version, log4j=_SLF4J_LOG4J2,
+                                                          converter=converter))
+        shutil.rmtree(libs, ignore_errors=True)
+        self._say(f"fetching Kafka Connect {kafka_version} and the Apicurio converter {converter} with Maven; once")
+        t0 = time.monotonic()
+        self._mvn(["dependency:copy-dependencies", f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
+                  work, f"Kafka Connect {kafka_version}")
+        if not any(libs.glob("connect-runtime-*.jar")):
+            raise StackError(f"Maven reported success but no connect-runtime jar is in {libs} (see {self.log})")
+        (libs / COMPLETE).touch()
+        self._say(f"Kafka Connect ready in {libs} ({time.monotonic() - t0:.0f} s)")
+
+    def opensearch(self, version: str, dest: Path, owner: int | None) -> None:
+        """``dest`` ends up holding the unpacked OpenSearch ``version`` (integ-test zip), owned by ``owner``."""
+        if (dest / COMPLETE).exists():
+            return
+        download = self._root / "download"
+        self._say(f"fetching OpenSearch {version} (about 130 MB) with Maven; once per version")
+        t0 = time.monotonic()
+        self._mvn(["dependency:copy", f"-Dartifact=org.opensearch.distribution.integ-test-zip:opensearch:{version}:zip",
+                   f"-DoutputDirectory={download}", "-Dmdep.overWriteReleases=true"], self._root,
+                  f"OpenSearch {version}")
+        archive = download / f"opensearch-{version}.zip"
+        if not archive.is_file():
+            raise StackError(f"Maven reported success but {archive} is missing (see {self.log})")
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        try:  # unzip keeps the scripts' exec bits (Python's zipfile does not)
+            res = subprocess.run(["unzip", "-q", str(archive), "-d", str(dest)], capture_output=True, text=True,
+                                 check=False)
+        except OSError as exc:
+            raise StackError(f"unpacking {archive.name} failed: {exc}") from exc
+        if res.returncode != 0:
+            raise StackError(f"unpacking {archive.name} failed: {_last_line(res.stderr)}")
+        archive.unlink()
+        if owner is not None:
+            from producer.devstack.opensearch import chown_tree
+
+            chown_tree(dest, owner)
+        (dest / COMPLETE).touch()
+        self._say(f"OpenSearch {version} ready in {dest} ({time.monotonic() - t0:.0f} s)")
 
     def _mvn(self, args: list[str], cwd: Path, what: str) -> None:
         mvn = shutil.which("mvn")

@@ -70,9 +70,10 @@ def server_properties(*, kafka_port: int, controller_port: int, data_dir: Path) 
     return "\n".join(lines) + "\n"
 
 
-def log4j2_config(log: Path) -> str:
-    quiet = "\n".join(f"logger.q{i}.name = {name}\nlogger.q{i}.level = WARN" for i, name in enumerate(_QUIET))
-    return _LOG4J2.format(log=log, quiet=quiet)
+def log4j2_config(log: Path, quiet: tuple[str, ...] = _QUIET) -> str:
+    """A rolling-file log4j2 configuration; the ``quiet`` loggers only log warnings (Connect uses it too)."""
+    lines = "\n".join(f"logger.q{i}.name = {name}\nlogger.q{i}.level = WARN" for i, name in enumerate(quiet))
+    return _LOG4J2.format(log=log, quiet=lines)
 
 
 def jvm_args(java: Path, libs: Path, log4j2: Path) -> list[str]:

@@ -1,4 +1,5 @@
-"""The local development stack: a single-node Kafka (KRaft) and Apicurio Registry.
+"""The local development stack: a single-node Kafka (KRaft) and Apicurio Registry; on request
+(``up --opensearch``, ``up --connect``) an OpenSearch node and a Kafka Connect worker.
 
 Both run as detached local processes bound to 127.0.0.1, fetched once from
 Maven Central (Maven's own cache stays in ~/.m2), with their state, pid files
@@ -24,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer.devstack import jvm, kafka, registry
+from producer.devstack import connect, jvm, kafka, opensearch, registry
 from producer.devstack.fetch import Fetcher
 from producer.devstack.procs import POLL_S, Daemon, alive, port_holder
 from producer.errors import ConfigError, StackError
@@ -53,15 +54,20 @@ class StackSettings:
     apicurio_version: str = "3.3.3"
     compatibility: str = "BACKWARD"  # the registry's global compatibility rule
     java21: Path | None = None  # env HDRLOG_JAVA21: java for the registry; default: found under /usr/lib/jvm
+    opensearch_port: int = 9200  # env HDRLOG_STACK_OPENSEARCH_PORT: OpenSearch's HTTP API (up --opensearch)
+    connect_port: int = 8083  # env HDRLOG_STACK_CONNECT_PORT: Kafka Connect's REST API (up --connect)
+    opensearch_version: str = "3.4.0"
+    connect_converter_version: str = "2.6.13.Final"  # io.apicurio:apicurio-registry-utils-converter
 
     def __post_init__(self) -> None:
         ports = {"kafka_port": self.kafka_port, "controller_port": self.controller_port,
-                 "registry_port": self.registry_port, "registry_management_port": self.registry_management_port}
+                 "registry_port": self.registry_port, "registry_management_port": self.registry_management_port,
+                 "opensearch_port": self.opensearch_port, "connect_port": self.connect_port}
         for name, port in ports.items():
             if not 0 < port < 65536:
                 raise ConfigError(f"stack setting {name}: {port} is not a TCP port")
         if len(set(ports.values())) != len(ports):
-            raise ConfigError(f"stack settings: the four ports must differ, got {ports}")
+            raise ConfigError(f"stack settings: the ports must differ, got {ports}")
         if self.compatibility not in COMPATIBILITY_LEVELS:
             raise ConfigError(f"stack setting compatibility: {self.compatibility!r} is not one of "
                               f"{', '.join(sorted(COMPATIBILITY_LEVELS))}")
@@ -88,6 +94,8 @@ class StackSettings:
             registry_port=port("HDRLOG_STACK_REGISTRY_PORT", 8081),
             registry_management_port=port("HDRLOG_STACK_REGISTRY_MANAGEMENT_PORT", 9011),
             java21=Path(java21).expanduser() if java21 else None,
+            opensearch_port=port("HDRLOG_STACK_OPENSEARCH_PORT", 9200),
+            connect_port=port("HDRLOG_STACK_CONNECT_PORT", 8083),
         )
 
     @property
@@ -102,6 +110,14 @@ class StackSettings:
     @property
     def registry_management_url(self) -> str:
         return f"http://127.0.0.1:{self.registry_management_port}"
+
+    @property
+    def opensearch_url(self) -> str:
+        return f"http://127.0.0.1:{self.opensearch_port}"
+
+    @property
+    def connect_url(self) -> str:
+        return f"http://127.0.0.1:{self.connect_port}"
 
     @property
     def root(self) -> Path:
@@ -130,16 +146,20 @@ class StackStatus:
     registry: ComponentStatus
     bootstrap_servers: str
     registry_url: str
+    opensearch: ComponentStatus | None = None  # optional services: shown when running
+    connect: ComponentStatus | None = None
 
     @property
     def running(self) -> bool:
+        """Kafka and the registry run (the optional services are not required)."""
         return self.kafka.running and self.registry.running
 
     def render(self) -> str:
         lines = []
-        for c in (self.kafka, self.registry):
+        optional = [c for c in (self.opensearch, self.connect) if c is not None and c.running]
+        for c in (self.kafka, self.registry, *optional):
             state = f"running (pid {c.pid})" if c.running else "stopped"
-            lines.append(f"{c.name:<9} {state:<20} {c.address:<24} log {c.log}")
+            lines.append(f"{c.name:<10} {state:<20} {c.address:<24} log {c.log}")
         lines.append(f"bootstrap servers: {self.bootstrap_servers}")
         lines.append(f"schema registry:   {self.registry_url}")
         return "\n".join(lines)
@@ -156,6 +176,11 @@ class _Layout:
     kafka_log4j2: Path
     apicurio: Path
     lock: Path
+    connect_libs: Path
+    connect_properties: Path
+    connect_log4j2: Path
+    connect_offsets: Path
+    opensearch: Path  # the distribution, its data and logs (opensearch.home_root)
 
     @classmethod
     def of(cls, s: StackSettings) -> _Layout:
@@ -164,7 +189,11 @@ class _Layout:
         root = s.root.absolute()
         return cls(root=root, kafka_libs=root / f"kafka-{s.kafka_version}-libs", kafka_data=root / "kafka-data",
                    kafka_properties=root / "kafka.properties", kafka_log4j2=root / "kafka-log4j2.properties",
-                   apicurio=root / f"apicurio-{s.apicurio_version}", lock=root / "lock")
+                   apicurio=root / f"apicurio-{s.apicurio_version}", lock=root / "lock",
+                   connect_libs=root / f"connect-{s.kafka_version}-libs",
+                   connect_properties=root / "connect-worker.properties",
+                   connect_log4j2=root / "connect-log4j2.properties", connect_offsets=root / "connect.offsets",
+                   opensearch=opensearch.home_root(root, s.opensearch_version))
 
 
 class LocalStack:
@@ -185,6 +214,11 @@ class LocalStack:
         self._registry = Daemon("the schema registry", root / "registry.pid", root / "registry.log",
                                 (f"-Dhdrlog.stack={root}",))
         self._kafka_log = root / "kafka.log"
+        self._opensearch = Daemon("OpenSearch", root / "opensearch.pid", root / "opensearch.out",
+                                  (opensearch.MAIN_CLASS, f"-Enode.attr.hdrlog_stack={root}"))
+        self._connect_log = root / "connect.log"  # log4j2's; the JVM's own output goes to connect.out
+        self._connect = Daemon("Kafka Connect", root / "connect.pid", root / "connect.out",
+                               (connect.MAIN_CLASS, str(self._paths.connect_properties)))
 
     # -- inspection ----------------------------------------------------------------
 
@@ -194,12 +228,17 @@ class LocalStack:
             kafka=ComponentStatus("kafka", self._kafka.pid(), s.bootstrap_servers, self._kafka_log),
             registry=ComponentStatus("registry", self._registry.pid(), f"127.0.0.1:{s.registry_port}",
                                      self._registry.log),
-            bootstrap_servers=s.bootstrap_servers, registry_url=s.registry_url)
+            bootstrap_servers=s.bootstrap_servers, registry_url=s.registry_url,
+            opensearch=ComponentStatus("opensearch", self._opensearch.pid(), f"127.0.0.1:{s.opensearch_port}",
+                                       self._opensearch.log),
+            connect=ComponentStatus("connect", self._connect.pid(), f"127.0.0.1:{s.connect_port}",
+                                    self._connect_log))
 
     # -- up ------------------------------------------------------------------------
 
-    def up(self, timeout: float = 300.0) -> StackStatus:
-        """Fetch (once), format (once), start what is not running, and wait until both answer.
+    def up(self, timeout: float = 300.0, *, with_opensearch: bool = False, with_connect: bool = False) -> StackStatus:
+        """Fetch (once), format (once), start what is not running, and wait until both answer
+        (and OpenSearch / Kafka Connect, when asked for).
 
         ``timeout`` bounds starting and waiting; the one-time download is not
         counted, since a slow mirror is not a failed start.  The registry's
@@ -225,10 +264,60 @@ class LocalStack:
             self._wait(client.ready, registry_pid, "the schema registry", self._registry.log, (self._registry.log,),
                        deadline)
             client.set_compatibility(self.settings.compatibility)
+            if with_opensearch:
+                self._up_opensearch(fetcher, before, deadline)
+            if with_connect:
+                self._up_connect(fetcher, before, deadline)
             after = self.status()
         if not before.running:
             self._say(f"up: Kafka at {after.bootstrap_servers}, registry at {after.registry_url}")
         return after
+
+    def _up_opensearch(self, fetcher: Fetcher, before: StackStatus, deadline: float) -> None:
+        s, p = self.settings, self._paths
+        pid = before.opensearch.pid if before.opensearch is not None else None
+        if pid is None:
+            self._free(s.opensearch_port, "OpenSearch")
+            java = jvm.find_java(21, prefer=s.java21, purpose=f"OpenSearch {s.opensearch_version}")
+            owner = opensearch.SERVICE_UID if os.geteuid() == 0 else None
+            fetcher.opensearch(s.opensearch_version, p.opensearch, owner)
+            home = p.opensearch / f"opensearch-{s.opensearch_version}"
+            data, logs = p.opensearch / "data", p.opensearch / "logs"
+            for d in (data, logs):
+                d.mkdir(exist_ok=True)
+                if owner is not None:
+                    os.chown(d, owner, owner)
+            self._say(f"starting OpenSearch {s.opensearch_version} on {s.opensearch_url} (about 15 s)")
+            _rotate(self._opensearch.log)
+            pid = self._opensearch.start(opensearch.argv(home, data, logs, s.opensearch_port, str(p.root)),
+                                         env={**os.environ, **opensearch.environment(java.parent.parent, home)},
+                                         cwd=p.opensearch)
+        self._wait(opensearch.OpenSearchProbe(s.opensearch_url), pid, "OpenSearch", self._opensearch.log,
+                   (self._opensearch.log,), deadline)
+
+    def _up_connect(self, fetcher: Fetcher, before: StackStatus, deadline: float) -> None:
+        s, p = self.settings, self._paths
+        pid = before.connect.pid if before.connect is not None else None
+        if pid is None:
+            self._free(s.connect_port, "Kafka Connect")
+            java = jvm.find_java(17, purpose="Kafka Connect")
+            fetcher.connect(s.kafka_version, s.connect_converter_version, p.connect_libs)
+            p.connect_properties.write_text(connect.worker_properties(
+                bootstrap_servers=s.bootstrap_servers, port=s.connect_port, offsets=p.connect_offsets))
+            p.connect_log4j2.write_text(connect.log4j2_config(self._connect_log))
+            _rotate(self._connect.log)
+            self._say(f"starting Kafka Connect {s.kafka_version} on {s.connect_url} (about 10 s)")
+            pid = self._connect.start([*connect.jvm_args(java, p.connect_libs, p.connect_log4j2), connect.MAIN_CLASS,
+                                       str(p.connect_properties)], env=os.environ, cwd=p.root)
+        self._wait(connect.ConnectProbe(s.connect_url), pid, "Kafka Connect", self._connect_log,
+                   (self._connect.log, self._connect_log), deadline)
+
+    @staticmethod
+    def _free(port: int, what: str) -> None:
+        holder = port_holder(port)
+        if holder is not None:
+            raise StackError(f"port {port} (for {what}) is already taken by {holder}; stop it or choose "
+                             f"another port (HDRLOG_STACK_*_PORT)")
 
     def _preflight(self, st: StackStatus) -> tuple[Path | None, Path | None]:
         """Java for each service that must be started, checked with its ports before any download."""
@@ -287,17 +376,26 @@ class LocalStack:
     # -- down ----------------------------------------------------------------------
 
     def down(self, timeout: float = 60.0) -> None:
-        """Stop the registry (it writes to Kafka), then Kafka: SIGTERM, SIGKILL after ``timeout``."""
+        """Stop Kafka Connect and OpenSearch, the registry (it writes to Kafka), then Kafka: SIGTERM,
+        SIGKILL after ``timeout``."""
         with self._locked(time.monotonic() + timeout):
             st = self.status()
-            for daemon, running in ((self._registry, st.registry.running), (self._kafka, st.kafka.running)):
+            order = ((self._connect, st.connect is not None and st.connect.running),
+                     (self._opensearch, st.opensearch is not None and st.opensearch.running),
+                     (self._registry, st.registry.running), (self._kafka, st.kafka.running))
+            for daemon, running in order:
                 if running:
                     self._say(f"stopping {daemon.name}")
                 daemon.stop(timeout)
 
-    def restart(self, timeout: float = 300.0) -> StackStatus:
+    def restart(self, timeout: float = 300.0, *, with_opensearch: bool = False,
+                with_connect: bool = False) -> StackStatus:
+        """Down, then up again with the optional services that were running (or are asked for)."""
+        st = self.status()
+        with_opensearch = with_opensearch or (st.opensearch is not None and st.opensearch.running)
+        with_connect = with_connect or (st.connect is not None and st.connect.running)
         self.down()
-        return self.up(timeout)
+        return self.up(timeout, with_opensearch=with_opensearch, with_connect=with_connect)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -342,7 +440,8 @@ def _hint(logs: tuple[Path, ...]) -> str:
     return "no error in its log"
 
 
-def run_stack_command(action: str, settings: StackSettings) -> int:
+def run_stack_command(action: str, settings: StackSettings, *, with_opensearch: bool = False,
+                      with_connect: bool = False) -> int:
     """``hdrlog stack up|down|status|restart``: print the resulting status and return an exit code.
 
     0 on success; for ``status``, 3 when either service is stopped.  StackError
@@ -350,12 +449,12 @@ def run_stack_command(action: str, settings: StackSettings) -> int:
     """
     stack = LocalStack(settings)
     if action == "up":
-        status = stack.up()
+        status = stack.up(with_opensearch=with_opensearch, with_connect=with_connect)
     elif action == "down":
         stack.down()
         status = stack.status()
     elif action == "restart":
-        status = stack.restart()
+        status = stack.restart(with_opensearch=with_opensearch, with_connect=with_connect)
     elif action == "status":
         status = stack.status()
     else:

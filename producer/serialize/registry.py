@@ -27,10 +27,12 @@ CLIENT_ERRORS = (SchemaRegistryError, httpx2.HTTPError, OSError, ValueError)
 def _classify(exc: Exception, url: str, what: str) -> RegistryError:
     if isinstance(exc, SchemaRegistryError):
         status = exc.http_status_code or 0
-        return RegistryError(
+        err = RegistryError(
             f"schema registry at {url} refused {what}: {exc.error_message} (HTTP {status})",
             retriable=status >= 500 or status in (408, 429),
         )
+        err.status = status
+        return err
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, ValueError):  # an answer that is not the registry's API (JSON, fields)
         return RegistryError(f"schema registry at {url} answered {what} with something unexpected: {reason}")

@@ -1,0 +1,320 @@
+"""The consumer-group member: read, decode, map, write to the sink, and only then commit.
+
+    Kafka ──consume(≤ batch)──▶ MessageDecoder ──▶ Formatter ──▶ Sink.write
+       ▲                          │ poison             │ mapping error   │ refused items
+       │                          └────────────┬───────┴─────────────────┘
+       │                                       ▼
+       │                               DeadLetters (<topic>.dlq)
+       └── commit(offsets per partition, async) ◀── Sink.flush + DeadLetters.flush, every commit_interval_s
+
+Auto-commit and auto offset store are off.  A message's offset joins the
+pending commit only after its events were handed to the sink (or it was sent
+to the dead-letter topic); the commit happens after the sink's ``flush``
+acknowledged them and the dead letters are acknowledged.  On partition
+revocation and at stop (SIGTERM, ``max_records``, ``idle_timeout_s``) the
+sink is flushed and the commit is synchronous.  A crash therefore re-reads,
+never skips; the event ids (mapping.py) turn the re-read into an overwrite
+for sinks that upsert.
+
+Transient failures (the registry or the sink down) are retried with
+``retry.py``'s backoff for ``retry_deadline_s``; after that the member stops
+with the error and without committing what was not acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from producer.consumer.deadletter import DeadLetters
+from producer.consumer.decoding import MessageDecoder
+from producer.consumer.mapping import Formatter, MappingError, Origin
+from producer.consumer.sinks.base import Sink
+from producer.consumer.telemetry import ConsumerTelemetry, CStat, Poison, Progress
+from producer.errors import BrokerError, HdrlogError, PoisonMessage, SinkError
+from producer.retry import with_retry
+from producer.serialize.registry import Registry
+
+log = logging.getLogger(__name__)
+
+UNASSIGNED_GRACE_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeOptions:
+    bootstrap_servers: str
+    schema_registry: str
+    topic: str
+    group: str
+    from_beginning: bool = False
+    max_records: int | None = None      # stop once at least this many events are written (a message boundary)
+    idle_timeout_s: float | None = None  # stop when nothing arrived for this long while partitions were assigned
+    kafka: Mapping[str, str] = field(default_factory=dict)
+    registry: Mapping[str, str] = field(default_factory=dict)
+    commit_interval_s: float = 1.0       # flush the sink and commit this often
+    batch_messages: int = 500            # messages per consume() call
+    retry_deadline_s: float = 300.0      # how long transient registry/sink failures are retried
+    client_id: str = "hdrlog-consumer"
+
+
+@dataclass
+class ConsumeReport:
+    events: int = 0
+    messages: int = 0
+    dead_lettered: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def kafka_conf(opts: ConsumeOptions) -> dict[str, Any]:
+    """librdkafka settings shared by the consumer, the dead-letter producer and the admin client."""
+    conf: dict[str, Any] = {"bootstrap.servers": opts.bootstrap_servers, "client.id": opts.client_id}
+    conf.update(opts.kafka)
+    return conf
+
+
+class Runner:
+    def __init__(self, opts: ConsumeOptions, formatter: Formatter, sink: Sink, *,
+                 telemetry: ConsumerTelemetry | None = None, progress: Progress | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.opts = opts
+        self.formatter = formatter
+        self.sink = sink
+        self.telemetry = telemetry or ConsumerTelemetry()
+        self.progress = progress
+        self._clock = clock
+        self._pending: dict[int, int] = {}   # partition -> next offset, written but not committed
+        self._unacked_events = 0
+        self._unacked_messages = 0
+        self._idle_from: float | None = None  # when partitions were (last) assigned, for the idle timeout
+
+    # -- commits -------------------------------------------------------------------------------
+
+    def _on_commit(self, err: KafkaError | None, _partitions: list[TopicPartition]) -> None:
+        if err is not None:
+            self.telemetry.add(CStat.COMMIT_FAILURES)
+            log.warning("offset commit failed (the next commit carries the offsets again): %s", err.str())
+
+    def _acknowledge(self, dlq: DeadLetters) -> None:
+        """Flush the sink and the dead letters: what was written is now acknowledged."""
+        with_retry(self.sink.flush, deadline_s=self.opts.retry_deadline_s, on_retry=self._retrying("sink flush"))
+        dlq.flush()
+        self.telemetry.add(CStat.EVENTS_WRITTEN, self._unacked_events)
+        self.telemetry.add(CStat.MESSAGES_WRITTEN, self._unacked_messages)
+        self._unacked_events = self._unacked_messages = 0
+
+    def _commit(self, consumer: Consumer, dlq: DeadLetters, *, sync: bool) -> None:
+        if not self._pending:
+            return
+        self._acknowledge(dlq)
+        offsets = [TopicPartition(self.opts.topic, p, o) for p, o in sorted(self._pending.items())]
+        self._pending.clear()
+        try:
+            if sync:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            self.telemetry.add(CStat.COMMIT_FAILURES)
+            log.warning("offset commit failed (those records will be read again): %s", exc.args[0].str())
+            return
+        self.telemetry.add(CStat.COMMITS)
+
+    def _retrying(self, what: str) -> Callable[[BaseException, float], None]:
+        def note(exc: BaseException, sleep: float) -> None:
+            self.telemetry.add(CStat.SINK_RETRIES)
+            log.warning("%s failed, retrying in %.1f s: %s", what, sleep, exc)
+        return note
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> ConsumeReport:
+        opts = self.opts
+        conf = kafka_conf(opts)
+        registry = Registry(opts.schema_registry, opts.registry)
+        decoder = MessageDecoder(registry)
+        dlq = DeadLetters(conf, opts.topic, opts.group, opts.client_id)
+        consumer_conf = {**conf, "group.id": opts.group, "enable.auto.commit": False,
+                         "enable.auto.offset.store": False, "on_commit": self._on_commit,
+                         "auto.offset.reset": "earliest" if opts.from_beginning else "latest"}
+        try:
+            consumer = Consumer(consumer_conf)
+        except KafkaException as exc:
+            raise BrokerError(f"invalid Kafka consumer settings: {exc}") from exc
+        try:
+            try:
+                meta = consumer.list_topics(timeout=10)
+            except KafkaException as exc:
+                raise BrokerError(f"cannot reach Kafka at {opts.bootstrap_servers}: "
+                                  f"{exc.args[0].str() if exc.args else exc}", retriable=True) from exc
+            found = meta.topics.get(opts.topic)
+            dlq.ensure_topic(conf, len(found.partitions) if found is not None and found.partitions else 1)
+
+            def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
+                self.telemetry.add(CStat.REBALANCES)
+                self._commit(c, dlq, sync=True)
+
+            def on_lost(_c: Consumer, partitions: list[TopicPartition]) -> None:
+                self.telemetry.add(CStat.REBALANCES)
+                for tp in partitions:  # another member owns them now: it re-reads what we did not commit
+                    self._pending.pop(tp.partition, None)
+
+            consumer.subscribe([opts.topic], on_revoke=on_revoke, on_lost=on_lost)
+            try:
+                self._loop(consumer, decoder, dlq, stop)
+            except BaseException:
+                self._commit_at_failure(consumer, dlq)  # what the sink acknowledged is not re-read
+                raise
+            self._commit(consumer, dlq, sync=True)
+        finally:
+            self._close(consumer, dlq, registry)
+        snap = self.telemetry.snapshot()
+        return ConsumeReport(events=snap[CStat.EVENTS_WRITTEN], messages=snap[CStat.MESSAGES_READ],
+                             dead_lettered=snap[CStat.MESSAGES_DEAD_LETTERED], counters=snap)
+
+    def _commit_at_failure(self, consumer: Consumer, dlq: DeadLetters) -> None:
+        try:
+            self._commit(consumer, dlq, sync=True)
+        except (HdrlogError, KafkaException) as exc:
+            log.warning("at the failure, the last commit failed too (those records will be read again): %s", exc)
+
+    def _close(self, consumer: Consumer, dlq: DeadLetters, registry: Registry) -> None:
+        try:
+            consumer.close()
+        except KafkaException as exc:
+            log.warning("closing the consumer: %s", exc)
+        for close in (self.sink.close, dlq.close, registry.close):
+            try:
+                close()
+            except HdrlogError as exc:
+                log.warning("closing: %s", exc)
+        if self.progress is not None:
+            self.progress.tick(final=True)
+
+    def _loop(self, consumer: Consumer, decoder: MessageDecoder, dlq: DeadLetters, stop: threading.Event) -> None:
+        opts = self.opts
+        last_message = last_commit = last_lag = started = self._clock()
+        written = 0
+        while not stop.is_set() and (opts.max_records is None or written < opts.max_records):
+            msgs = consumer.consume(num_messages=opts.batch_messages, timeout=0.5)
+            now = self._clock()
+            if now - last_lag >= 1.0:
+                self._update_lag(consumer)
+                last_lag = now
+            if self.progress is not None:
+                self.progress.tick()
+            data = [m for m in msgs if not self._is_error(m)]
+            if data:
+                last_message = now
+                limit = None if opts.max_records is None else opts.max_records - written
+                written += self._process(data, decoder, dlq, limit)
+            elif opts.idle_timeout_s is not None and self._idle(consumer, now, last_message, started):
+                break
+            if now - last_commit >= opts.commit_interval_s:
+                self._commit(consumer, dlq, sync=False)
+                last_commit = now
+
+    def _idle(self, consumer: Consumer, now: float, last_message: float, started: float) -> bool:
+        """Idle for ``idle_timeout_s`` with partitions assigned.  A rebalance (a restarted member
+        waiting for its dead predecessor's session to expire) does not count, for up to
+        UNASSIGNED_GRACE_S: a topic nobody can be assigned must still end the run."""
+        assert self.opts.idle_timeout_s is not None
+        if not consumer.assignment():
+            if now - started < UNASSIGNED_GRACE_S:
+                self._idle_from = None
+                return False
+        elif self._idle_from is None:
+            self._idle_from = now
+        since = max(last_message, self._idle_from or last_message)
+        return now - since >= self.opts.idle_timeout_s
+
+    def _is_error(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return False
+        if err.code() == KafkaError._PARTITION_EOF:
+            return True
+        if err.fatal():
+            raise BrokerError(f"consuming {self.opts.topic}: {err.str()}")
+        log.warning("consuming %s: %s", self.opts.topic, err.str())
+        return True
+
+    def _process(self, msgs: list[Message], decoder: MessageDecoder, dlq: DeadLetters, limit: int | None) -> int:
+        """Decode and map a consume() batch, write it, then mark its offsets; returns events written.
+
+        With a ``limit``, the messages after the one that reaches it are left alone (not marked, so
+        not committed: the group reads them next time).
+        """
+        tel = self.telemetry
+        events: list[dict[str, Any]] = []
+        owners: list[tuple[Message, int]] = []
+        marks: list[Message] = []
+        good = 0
+        for msg in msgs:
+            if limit is not None and len(events) >= limit:
+                break
+            tel.add(CStat.MESSAGES_READ)
+            origin = Origin(msg.topic() or self.opts.topic, msg.partition() or 0, msg.offset() or 0)
+            where = f"{origin.topic}[{origin.partition}]@{origin.offset}"
+            try:
+                value: bytes = msg.value() or b""
+                records = with_retry(partial(decoder.records, value), deadline_s=self.opts.retry_deadline_s,
+                                     on_retry=self._retrying("schema lookup"))
+            except PoisonMessage as exc:
+                reason = Poison(exc.reason)
+                tel.dead_letter(reason, where, str(exc))
+                tel.add(CStat.MESSAGES_DEAD_LETTERED)
+                dlq.send(msg, reason, exc, "producer.consumer.decoding.MessageDecoder")
+                marks.append(msg)
+                continue
+            tel.add(CStat.RECORDS_DECODED, len(records))
+            try:
+                mapped = self.formatter.events(records, origin)
+            except MappingError as exc:
+                tel.dead_letter(Poison.MAPPING_ERROR, where, str(exc))
+                tel.add(CStat.MESSAGES_DEAD_LETTERED)
+                tel.add(CStat.RECORDS_DEAD_LETTERED, len(records))
+                dlq.send(msg, Poison.MAPPING_ERROR, exc, type(self.formatter).__module__ + "."
+                         + type(self.formatter).__qualname__)
+                marks.append(msg)
+                continue
+            events.extend(mapped)
+            owners.extend((msg, i) for i in range(len(mapped)))
+            marks.append(msg)
+            good += 1
+        if events:
+            rejected = with_retry(lambda: self.sink.write(events), deadline_s=self.opts.retry_deadline_s,
+                                  on_retry=self._retrying(f"{self.sink.name} write"))
+            for index, why in rejected:
+                msg, i = owners[index]
+                where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()} record {i}"
+                tel.dead_letter(Poison.SINK_REJECTED, where, why)
+                tel.add(CStat.RECORDS_DEAD_LETTERED)
+                dlq.send(msg, Poison.SINK_REJECTED, SinkError(why), type(self.sink).__module__ + "."
+                         + type(self.sink).__qualname__, index=i)
+            self._unacked_events += len(events) - len(rejected)
+            self._unacked_messages += good
+        for msg in marks:
+            self._pending[msg.partition() or 0] = (msg.offset() or 0) + 1
+        return len(events)
+
+    def _update_lag(self, consumer: Consumer) -> None:
+        try:
+            assigned = consumer.assignment()
+            if not assigned:
+                self.telemetry.set_lag({})
+                return
+            lag = {}
+            for tp in consumer.position(assigned):
+                _lo, hi = consumer.get_watermark_offsets(tp, cached=True)
+                if hi >= 0 and tp.offset >= 0:
+                    lag[tp.partition] = max(0, hi - tp.offset)
+            self.telemetry.set_lag(lag)
+        except KafkaException:
+            pass  # lag is for a person to read; a failed look is retried next second

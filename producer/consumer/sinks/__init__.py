@@ -1,0 +1,1 @@
+"""The consumer's sinks, one module each; ``base.py`` holds the contract they share."""

@@ -1,0 +1,70 @@
+"""A Kafka topic of JSON events, for tools that cannot read Avro (``--sink kafka:TOPIC``).
+
+Each event is one message, keyed by its event id: on a compacted topic a
+replay overwrites instead of duplicating.  ``write`` produces the events and
+waits for the broker's acknowledgements (an idempotent producer, acks=all),
+so the runner commits only what the topic holds.  A message the broker refuses
+for good (too large, an invalid record) is returned refused and dead-lettered;
+a retriable failure left after librdkafka's own retries raises a retriable
+SinkError and the write is repeated (same keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from producer.consumer.sinks.base import json_line
+from producer.errors import BrokerError, SinkError
+
+
+class KafkaJsonSink:
+    name = "kafka"
+
+    def __init__(self, conf: Mapping[str, Any], topic: str, event_id: Callable[[dict[str, Any]], str],
+                 timeout_s: float = 120.0) -> None:
+        self.topic = topic
+        self._event_id = event_id
+        self._timeout = timeout_s
+        try:
+            self._producer = Producer({**conf, "enable.idempotence": True, "acks": "all", "linger.ms": 20,
+                                       "compression.type": "zstd"})
+        except KafkaException as exc:
+            raise BrokerError(f"invalid Kafka settings for the JSON sink: {exc}") from exc
+
+    def write(self, events: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+        failed: dict[int, KafkaError] = {}
+
+        def report(i: int) -> Callable[[KafkaError | None, Message], None]:
+            def cb(err: KafkaError | None, _msg: Message) -> None:
+                if err is not None:
+                    failed[i] = err
+            return cb
+
+        for i, e in enumerate(events):
+            while True:
+                try:
+                    self._producer.produce(self.topic, key=self._event_id(e).encode(), value=json_line(e)[:-1],
+                                           on_delivery=report(i))
+                    break
+                except BufferError:
+                    self._producer.poll(0.1)
+                except KafkaException as exc:
+                    failed[i] = exc.args[0]
+                    break
+        left = self._producer.flush(self._timeout)
+        if left:
+            raise SinkError(f"{left} messages to {self.topic} not acknowledged within {self._timeout:g} s",
+                            retriable=True)
+        retriable = [err for err in failed.values() if err.retriable()]
+        if retriable:
+            raise SinkError(f"{len(retriable)} messages to {self.topic} failed: {retriable[0].str()}", retriable=True)
+        return sorted((i, f"Kafka refused it: {err.str()}") for i, err in failed.items())
+
+    def flush(self) -> None:
+        """Nothing held: ``write`` returned after the broker's acknowledgements."""
+
+    def close(self) -> None:
+        self._producer.flush(10)

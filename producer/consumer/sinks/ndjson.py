@@ -1,0 +1,112 @@
+"""NDJSON sinks: one JSON event per line, to stdout or to rotating files that any shipper picks up.
+
+``FileSink`` appends to ``<dir>/<prefix>.ndjson``.  When it passes
+``max_bytes`` it is fsynced, closed and renamed to
+``<prefix>-<UTC time>-<n>.ndjson`` (Filebeat, Fluent Bit and Vector follow a
+rename), and a new file is started; ``keep`` bounds how many rotated files
+stay (0: all).  ``flush`` is fsync: after it the events survive a crash of
+this host, and their offsets may be committed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from producer.consumer.sinks.base import json_line
+from producer.errors import SinkError
+
+
+class StreamSink:
+    """Standard output (or any binary stream): acknowledged once the pipe took the bytes.
+
+    ``line`` renders one event (default: a JSON line; the demo's ``text`` format: a readable line).
+    """
+
+    name = "stdout"
+
+    def __init__(self, out: BinaryIO, line: Callable[[dict[str, Any]], bytes] = json_line) -> None:
+        self._out = out
+        self._line = line
+
+    def write(self, events: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+        try:
+            self._out.write(b"".join(map(self._line, events)))
+        except BrokenPipeError as exc:
+            raise SinkError("standard output was closed by its reader") from exc
+        return []
+
+    def flush(self) -> None:
+        try:
+            self._out.flush()
+        except BrokenPipeError as exc:
+            raise SinkError("standard output was closed by its reader") from exc
+
+    def close(self) -> None:
+        self.flush()
+
+
+class FileSink:
+    name = "file"
+
+    def __init__(self, directory: Path, *, prefix: str = "hdrlog", max_bytes: int = 128 << 20, keep: int = 0,
+                 clock: Any = time.time) -> None:
+        self.directory = directory
+        self._prefix = prefix
+        self._max = max_bytes
+        self._keep = keep
+        self._clock = clock
+        self._serial = 0
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.path = directory / f"{prefix}.ndjson"
+            self._file = open(self.path, "ab")  # noqa: SIM115 - held open across writes
+        except OSError as exc:
+            raise SinkError(f"cannot open {directory / prefix}.ndjson: {exc.strerror}") from exc
+
+    def write(self, events: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+        try:
+            self._file.write(b"".join(json_line(e) for e in events))
+            if self._file.tell() >= self._max:
+                self._rotate()
+        except OSError as exc:
+            raise SinkError(f"cannot write {self.path}: {exc.strerror}", retriable=True) from exc
+        return []
+
+    def _rotate(self) -> None:
+        self._sync()
+        self._file.close()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))
+        while True:  # never over an earlier run's file
+            self._serial += 1
+            target = self.directory / f"{self._prefix}-{stamp}-{self._serial}.ndjson"
+            if not target.exists():
+                break
+        os.rename(self.path, target)
+        self._file = open(self.path, "ab")  # noqa: SIM115
+        if self._keep:
+            rotated = sorted(self.directory.glob(f"{self._prefix}-*.ndjson"), key=lambda p: p.stat().st_mtime)
+            for old in rotated[:-self._keep]:
+                old.unlink(missing_ok=True)
+
+    def _sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def flush(self) -> None:
+        try:
+            self._sync()
+        except OSError as exc:
+            raise SinkError(f"cannot write {self.path}: {exc.strerror}", retriable=True) from exc
+
+    def close(self) -> None:
+        self.flush()
+        self._file.close()
+
+    def files(self) -> list[Path]:
+        """Every file this sink writes to or has rotated, oldest first."""
+        rotated = sorted(self.directory.glob(f"{self._prefix}-*.ndjson"), key=lambda p: p.stat().st_mtime)
+        return [*rotated, self.path]
