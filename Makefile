@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 IFACE ?=
 
-.PHONY: setup run test test-long bench lint stack-up stack-down clean
+.PHONY: setup run test test-long bench bench-consumer lint stack-up stack-down clean
 
 setup:
 	bash scripts/setup.sh
@@ -27,6 +27,12 @@ test-long: setup
 bench: setup
 	$(VENV)/bin/hdrlog stack up
 	$(VENV)/bin/hdrlog bench --update BENCHMARKS.md
+
+## bench-consumer: hdrlog consume into each sink, beside a Kafka Connect worker, one vs two members
+## (about 10 minutes); writes benchmarks/results/consumer.* and the consumer section of BENCHMARKS.md
+bench-consumer: setup
+	$(VENV)/bin/hdrlog stack up --opensearch --connect
+	$(VENV)/bin/hdrlog bench --consumer --update BENCHMARKS.md
 
 stack-up: setup
 	$(VENV)/bin/hdrlog stack up

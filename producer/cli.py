@@ -243,6 +243,12 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--quick", action="store_true",
                    help="1 s runs at 50k packets/s, one overhead pair, 2 s latency runs: checks that the "
                    "benchmark works, measures nothing worth keeping")
+    p.add_argument("--consumer", action="store_true",
+                   help="measure `hdrlog consume` instead: each sink and format, a Kafka Connect worker "
+                   "(FileStreamSink) on the same topic, and two group members against one; writes "
+                   "consumer.json and consumer.md (and FILE's consumer section with --update)")
+    p.add_argument("--records", type=int, default=200_000, metavar="N",
+                   help="--consumer: records the agent writes to each topic (default 200000)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -440,6 +446,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from producer.bench.run import run_bench
 
+    if args.consumer:
+        from producer.bench.consumer import run_consumer_bench
+
+        if os.geteuid() != 0:
+            raise HdrlogError("the benchmark needs root (network namespaces, BPF, cgroups)")
+        if args.records < 1000:
+            raise ConfigError("--records must be at least 1000")
+        run_consumer_bench(records=args.records, out_dir=args.output, say=lambda line: print(line, flush=True),
+                           update=args.update)
+        return 0
     if args.quick:
         args.seconds, args.rates, args.overhead_rounds, args.latency_seconds = 1.0, [50_000], 1, 2.0
     if os.geteuid() != 0:

@@ -56,3 +56,22 @@ def test_update_section_replaces_only_the_bench_section(tmp_path: Path) -> None:
     update_section(doc, "new table\n", tmp_path / "results" / "bench.png")
     assert doc.read_text() == (f"intro\n{MARK_BEGIN}\n![records per CPU-second and loss against offered rate]"
                                f"(results/bench.png)\n\nnew table\n{MARK_END}\nafter\n")
+
+
+def test_consumer_bench_table_marks_each_target(tmp_path: Path) -> None:
+    from producer.bench.consumer import MARK_BEGIN, MARK_END, ConsumerReport, ConsumerRow, markdown
+    from producer.bench.run import replace_between
+
+    r = ConsumerReport("2026-11-30 04:00 UTC", "2 vCPUs", {"record": 1000, "batch": 1000})
+    r.rows = [ConsumerRow("ecs file", "batch", 1000, 0.01, 0.5, 1.0),             # 100k: met
+              ConsumerRow("ecs parquet", "batch", 1000, 0.01, 0.5, 1.0),          # 100k: not met
+              ConsumerRow("Kafka Connect FileStreamSink", "record", 1000, 0.02, 0.02, 1.0)]
+    r.scaling = {"one_member_per_cpu_s": 100, "two_members_per_cpu_s": [95, 91], "worst_ratio": 0.91}
+    md = markdown(r)
+    assert "| ecs file | batch | 1,000 | 0.01 | 0.50 | 100,000 | ≥ 50,000: met; 2.00× Connect |" in md
+    assert "| ecs parquet | batch | 1,000 | 0.01 | 0.50 | 100,000 | ≥ 200,000: not met; 2.00× Connect |" in md
+    assert "the worse keeps 91% (target ≥ 90%)" in md
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(f"a\n{MARK_BEGIN}\nold\n{MARK_END}\nb\n")
+    replace_between(doc, "\n" + md, MARK_BEGIN, MARK_END)
+    assert doc.read_text() == f"a\n{MARK_BEGIN}\n{md}{MARK_END}\nb\n"

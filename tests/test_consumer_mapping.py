@@ -243,3 +243,40 @@ def _paths(schema: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
         else:
             out.append((*prefix, f.name))
     return out
+
+
+# -- telemetry -----------------------------------------------------------------------------------------
+
+def test_progress_line_and_metrics_show_rates_lag_and_dead_letters() -> None:
+    import io
+
+    from producer.consumer.telemetry import (
+        ConsumerTelemetry,
+        CStat,
+        Poison,
+        Progress,
+        metrics_renderer,
+        render_metrics,
+    )
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tel = ConsumerTelemetry()
+    out = Tty()
+    progress = Progress(tel, out=out, interval_s=0.0)
+    assert progress.enabled
+    tel.add(CStat.EVENTS_WRITTEN, 1500)
+    tel.add(CStat.MESSAGES_DEAD_LETTERED, 2)
+    tel.dead_letter(Poison.BAD_MAGIC, "t[0]@3", "magic byte 1")
+    tel.set_lag({0: 40, 3: 2})
+    progress.tick(final=True)
+    line = out.getvalue()
+    assert line.startswith("\r1500 events (") and "lag 42 [p0:40 p3:2]" in line and "dead-lettered 2" in line
+    text = render_metrics(metrics_renderer(tel)).decode()
+    assert "hdrlog_consumer_events_written_total 1500.0" in text
+    assert 'hdrlog_consumer_dead_letters_total{reason="bad_magic"} 1.0' in text
+    assert 'hdrlog_consumer_dead_letters_total{reason="decode_error"} 0.0' in text
+    assert 'hdrlog_consumer_lag_messages{partition="0"} 40.0' in text
+    assert not Progress(tel, out=io.StringIO()).enabled  # not a terminal: no progress line

@@ -41,11 +41,11 @@ EXIT_TIMEOUT_S = 60.0
 
 # -- Kafka helpers -------------------------------------------------------------------------------
 
-def create_topic(bootstrap: str, topic: str, config: dict[str, str] | None = None) -> None:
-    """Create ``topic`` with one partition (and topic ``config``) and wait until the broker has it."""
+def create_topic(bootstrap: str, topic: str, config: dict[str, str] | None = None, partitions: int = 1) -> None:
+    """Create ``topic`` with ``partitions`` (and topic ``config``) and wait until the broker has it."""
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})  # not its info lines at exit
     try:
-        admin.create_topics([NewTopic(topic, num_partitions=1, config=config or {})])[topic].result(30)
+        admin.create_topics([NewTopic(topic, num_partitions=partitions, config=config or {})])[topic].result(30)
     except KafkaException as exc:
         raise BrokerError(f"creating topic {topic}: {exc.args[0]}") from exc
 

@@ -382,11 +382,16 @@ def chart(report: Report, path: Path) -> None:
 
 def update_section(path: Path, table: str, png: Path) -> None:
     """Replace the part of BENCHMARKS.md between the bench markers with this run, linking its chart."""
-    text = path.read_text()
-    if MARK_BEGIN not in text or MARK_END not in text:
-        raise HdrlogError(f"{path} has no '{MARK_BEGIN}' ... '{MARK_END}' section to update")
-    head, rest = text.split(MARK_BEGIN, 1)
-    _old, tail = rest.split(MARK_END, 1)
     link = os.path.relpath(png.resolve(), path.resolve().parent)
-    body = f"\n![records per CPU-second and loss against offered rate]({link})\n\n{table}"
-    path.write_text(head + MARK_BEGIN + body + MARK_END + tail)
+    replace_between(path, f"\n![records per CPU-second and loss against offered rate]({link})\n\n{table}",
+                    MARK_BEGIN, MARK_END)
+
+
+def replace_between(path: Path, body: str, begin: str, end: str) -> None:
+    """Replace what lies between the markers ``begin`` and ``end`` in ``path`` with ``body``."""
+    text = path.read_text()
+    if begin not in text or end not in text:
+        raise HdrlogError(f"{path} has no '{begin}' ... '{end}' section to update")
+    head, rest = text.split(begin, 1)
+    _old, tail = rest.split(end, 1)
+    path.write_text(head + begin + body + end + tail)

@@ -16,14 +16,14 @@ set: a packet seen at a hook was neither allowed nor blocked by us.  ``_time``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from producer.consumer.mapping import (
     ETHER_TYPES,
     IANA_KEYWORDS,
     Origin,
-    flow_hash,
-    ip_text,
+    Texts,
     map_each,
     prune,
     utc_date,
@@ -32,7 +32,7 @@ from producer.consumer.mapping import (
 from producer.render import tcp_flag_names
 
 
-def cim_event(r: dict[str, Any], eid: str) -> dict[str, Any]:
+def cim_event(r: dict[str, Any], eid: str, t: Texts) -> dict[str, Any]:
     nbytes, npackets = wire_counts(r)
     proto, version, flags = r["ip_proto"], r["ip_version"], r["tcp_flags"]
     ingress = r["direction"] == "INGRESS"
@@ -43,9 +43,9 @@ def cim_event(r: dict[str, Any], eid: str) -> dict[str, Any]:
         "dvc": r["host_id"],
         "src_interface" if ingress else "dest_interface": r["interface"],
         "direction": "inbound" if ingress else "outbound",
-        "src_ip": ip_text(r["src_ip"]), "dest_ip": ip_text(r["dst_ip"]),
+        "src_ip": t.ip(r["src_ip"]), "dest_ip": t.ip(r["dst_ip"]),
         "src_port": r["src_port"], "dest_port": r["dst_port"],
-        "src_mac": r["src_mac"].hex(":"), "dest_mac": r["dst_mac"].hex(":"),
+        "src_mac": t.mac(r["src_mac"], ":"), "dest_mac": t.mac(r["dst_mac"], ":"),
         "transport": IANA_KEYWORDS.get(proto) if proto is not None else None,
         "protocol": "ip" if version in (4, 6) else ETHER_TYPES.get(r["ether_type"]),
         "protocol_version": str(version) if version in (4, 6) else None,
@@ -54,15 +54,18 @@ def cim_event(r: dict[str, Any], eid: str) -> dict[str, Any]:
         "ttl": r["ttl"],
         "icmp_type": r["icmp_type"], "icmp_code": r["icmp_code"],
         "bytes": nbytes, "packets": npackets,
-        "flow_id": flow_hash(r),
+        "flow_id": t.flow(r),
     })
 
 
 class CimFormatter:
     name = "cim"
 
+    def __init__(self) -> None:
+        self._texts = Texts()
+
     def events(self, records: Sequence[dict[str, Any]], origin: Origin) -> list[dict[str, Any]]:
-        return map_each(records, origin, cim_event)
+        return map_each(records, origin, partial(cim_event, t=self._texts))
 
     def partition(self, event: dict[str, Any]) -> tuple[str, str]:
         return utc_date(int(event["_time"] * 1e9)), str(event["dvc"])

@@ -53,15 +53,12 @@ class MessageDecoder:
         return found
 
     def decode(self, value: bytes) -> tuple[str, dict[str, Any]]:
-        """(schema name, the datum as written)."""
+        """(schema name, the datum as written), of any record schema (AgentStats too)."""
         try:
             schema_id, body = parse_frame(value)
         except SerializationError as exc:
             raise PoisonMessage(str(exc), Poison.BAD_MAGIC) from exc
         name, parsed = self._schema(schema_id)
-        if name not in HEADER_SCHEMAS:
-            raise PoisonMessage(f"schema id {schema_id} is {name or 'unnamed'}, not a header record schema",
-                                Poison.WRONG_SCHEMA)
         reader = io.BytesIO(body)
         try:
             datum = fastavro.schemaless_reader(reader, parsed, None)
@@ -76,6 +73,12 @@ class MessageDecoder:
         return name, datum
 
     def records(self, value: bytes) -> list[dict[str, Any]]:
+        """The header records of a HeaderBatch or HeaderRecord message; any other schema is poison here."""
+        if len(value) >= 5 and value[0] == 0:
+            name, _parsed = self._schema(int.from_bytes(value[1:5], "big"))
+            if name not in HEADER_SCHEMAS:
+                raise PoisonMessage(f"schema id {int.from_bytes(value[1:5], 'big')} is {name or 'unnamed'}, "
+                                    "not a header record schema", Poison.WRONG_SCHEMA)
         name, datum = self.decode(value)
         if name == "HeaderBatch":
             common = {k: datum[k] for k in BATCH_FIELDS}

@@ -15,17 +15,16 @@ wire: scaled by ``sample_rate``, and by ``gso_segments`` for packets
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from producer.consumer.mapping import (
     ETHER_TYPES,
     IANA_KEYWORDS,
     Origin,
-    flow_hash,
-    ip_text,
-    iso_time,
+    Texts,
     map_each,
-    prune,
+    present,
     wire_counts,
 )
 from producer.render import tcp_flag_names
@@ -40,60 +39,63 @@ def ecs_mac(raw: bytes) -> str:
     return raw.hex("-").upper()
 
 
-def ecs_event(r: dict[str, Any], eid: str) -> dict[str, Any]:
+def ecs_event(r: dict[str, Any], eid: str, t: Texts) -> dict[str, Any]:
     nbytes, npackets = wire_counts(r)
-    src, dst = ip_text(r["src_ip"]), ip_text(r["dst_ip"])
+    src, dst = t.ip(r["src_ip"]), t.ip(r["dst_ip"])
     proto = r["ip_proto"]
     vlans = r["vlan_ids"]
     version = r["ip_version"]
     side = "ingress" if r["direction"] == "INGRESS" else "egress"
     flags = r["tcp_flags"]
+    host = r["host_id"]
     doc: dict[str, Any] = {
-        "@timestamp": iso_time(r["timestamp_ns"]),
+        "@timestamp": t.time(r["timestamp_ns"]),
         "ecs": {"version": ECS_VERSION},
         "event": {"kind": "event", "category": ["network"], "type": ["connection"], "dataset": DATASET,
                   "module": "hdrlog", "id": eid},
-        "host": {"name": r["host_id"]},
-        "observer": {"hostname": r["host_id"], "type": "sensor", "product": "hdrlog",
+        "host": {"name": host},
+        "observer": {"hostname": host, "type": "sensor", "product": "hdrlog",
                      side: {"interface": {"name": r["interface"], "id": str(r["ifindex"])}}},
-        "source": {"ip": src, "port": r["src_port"], "mac": ecs_mac(r["src_mac"])},
-        "destination": {"ip": dst, "port": r["dst_port"], "mac": ecs_mac(r["dst_mac"])},
-        "network": {
-            "transport": IANA_KEYWORDS.get(proto) if proto is not None else None,
-            "type": f"ipv{version}" if version in (4, 6) else ETHER_TYPES.get(r["ether_type"]),
-            "iana_number": str(proto) if proto is not None else None,
-            "direction": side,
-            "community_id": flow_hash(r),
-            "vlan": {"id": str(vlans[0])} if vlans else None,
-            "inner": {"vlan": {"id": str(vlans[1])}} if len(vlans) > 1 else None,
-            "bytes": nbytes,
-            "packets": npackets,
-        },
-        "related": {"ip": list(dict.fromkeys(ip for ip in (src, dst) if ip is not None)) or None},
-        "hdrlog": {
-            "timestamp_ns": r["timestamp_ns"],
-            "ether_type": r["ether_type"],
-            "packet_length": r["packet_length"],
-            "gso_segments": r["gso_segments"],
-            "sample_rate": r["sample_rate"],
-            "truncated": r["truncated"],
-            "parse_anomaly": r["parse_anomaly"],
-            "ip": {"version": version, "ttl": r["ttl"], "dscp": r["dscp"], "ecn": r["ecn"], "id": r["ip_id"],
-                   "total_length": r["ip_total_length"], "dont_fragment": r["dont_fragment"],
-                   "more_fragments": r["more_fragments"], "fragment_offset": r["fragment_offset"]},
-            "tcp": {"flags": flags, "flag_names": tcp_flag_names(flags) if flags is not None else None,
-                    "seq": r["tcp_seq"], "ack": r["tcp_ack"], "window": r["tcp_window"]},
-            "icmp": {"type": r["icmp_type"], "code": r["icmp_code"]},
-            "capture": {"id": r.get("capture_id"), "cpu": r.get("capture_cpu"), "seq": r.get("capture_seq")},
-            "agent_instance": r.get("agent_instance"),
-            "sequence": r.get("sequence"),
-        },
+        "source": present(ip=src, port=r["src_port"], mac=t.mac(r["src_mac"], "-", upper=True)),
+        "destination": present(ip=dst, port=r["dst_port"], mac=t.mac(r["dst_mac"], "-", upper=True)),
+        "network": present(
+            transport=IANA_KEYWORDS.get(proto) if proto is not None else None,
+            type=f"ipv{version}" if version in (4, 6) else ETHER_TYPES.get(r["ether_type"]),
+            iana_number=str(proto) if proto is not None else None,
+            direction=side,
+            community_id=t.flow(r),
+            vlan={"id": str(vlans[0])} if vlans else None,
+            inner={"vlan": {"id": str(vlans[1])}} if len(vlans) > 1 else None,
+            bytes=nbytes,
+            packets=npackets,
+        ),
+        "hdrlog": present(
+            timestamp_ns=r["timestamp_ns"], ether_type=r["ether_type"], packet_length=r["packet_length"],
+            gso_segments=r["gso_segments"], sample_rate=r["sample_rate"], truncated=r["truncated"],
+            parse_anomaly=r["parse_anomaly"],
+            ip=present(version=version, ttl=r["ttl"], dscp=r["dscp"], ecn=r["ecn"], id=r["ip_id"],
+                       total_length=r["ip_total_length"], dont_fragment=r["dont_fragment"],
+                       more_fragments=r["more_fragments"], fragment_offset=r["fragment_offset"]),
+            tcp=present(flags=flags, flag_names=tcp_flag_names(flags) if flags is not None else None,
+                        seq=r["tcp_seq"], ack=r["tcp_ack"], window=r["tcp_window"]),
+            icmp=present(type=r["icmp_type"], code=r["icmp_code"]),
+            capture=present(id=r.get("capture_id"), cpu=r.get("capture_cpu"), seq=r.get("capture_seq")),
+            agent_instance=r.get("agent_instance"), sequence=r.get("sequence"),
+        ),
     }
-    return prune(doc)
+    if src is not None or dst is not None:
+        doc["related"] = {"ip": [src] if src == dst or dst is None else [dst] if src is None else [src, dst]}
+    for key in ("source", "destination"):
+        if doc[key] is None:
+            del doc[key]
+    return doc
 
 
 class EcsFormatter:
     name = "ecs"
+
+    def __init__(self) -> None:
+        self._texts = Texts()
 
     def partition(self, event: dict[str, Any]) -> tuple[str, str]:
         return str(event["@timestamp"][:10]), str(event["host"]["name"])
@@ -102,4 +104,4 @@ class EcsFormatter:
         return str(event["event"]["id"])
 
     def events(self, records: Sequence[dict[str, Any]], origin: Origin) -> list[dict[str, Any]]:
-        return map_each(records, origin, ecs_event)
+        return map_each(records, origin, partial(ecs_event, t=self._texts))

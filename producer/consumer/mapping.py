@@ -94,6 +94,76 @@ def ip_text(raw: bytes | None) -> str | None:
     return str(ipaddress.ip_address(raw))
 
 
+CACHE_MAX = 1 << 16
+
+
+class Texts:
+    """The text forms that repeat from record to record, cached per formatter: addresses, MACs,
+    the seconds of timestamps, Community IDs.  Each cache starts again at CACHE_MAX entries, so
+    memory stays bounded on traffic with endless distinct values."""
+
+    def __init__(self) -> None:
+        self._ip: dict[bytes, str] = {}
+        self._mac: dict[tuple[bytes, str, bool], str] = {}
+        self._sec: dict[int, str] = {}
+        self._flow: dict[tuple[Any, ...], str] = {}
+
+    def ip(self, raw: bytes | None) -> str | None:
+        if raw is None:
+            return None
+        text = self._ip.get(raw)
+        if text is None:
+            text = str(ip_text(raw))
+            if len(self._ip) >= CACHE_MAX:
+                self._ip.clear()
+            self._ip[raw] = text
+        return text
+
+    def mac(self, raw: bytes, sep: str, upper: bool = False) -> str:
+        key = (raw, sep, upper)
+        text = self._mac.get(key)
+        if text is None:
+            text = raw.hex(sep).upper() if upper else raw.hex(sep)
+            if len(self._mac) >= CACHE_MAX:
+                self._mac.clear()
+            self._mac[key] = text
+        return text
+
+    def time(self, ns: int) -> str:
+        """RFC 3339 UTC with nanoseconds, as ``iso_time``."""
+        seconds, frac = divmod(int(ns), 1_000_000_000)
+        head = self._sec.get(seconds)
+        if head is None:
+            head = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            if len(self._sec) >= CACHE_MAX:
+                self._sec.clear()
+            self._sec[seconds] = head
+        return f"{head}.{frac:09d}Z"
+
+    def flow(self, r: dict[str, Any]) -> str | None:
+        """``flow_hash``, cached by the flow's key."""
+        src, dst, proto = r.get("src_ip"), r.get("dst_ip"), r.get("ip_proto")
+        if src is None or dst is None or proto is None or len(src) != len(dst):
+            return None
+        icmp = r.get("icmp_type")
+        key = (proto, src, dst, icmp, r.get("icmp_code")) if icmp is not None else \
+            (proto, src, dst, r.get("src_port"), r.get("dst_port"), None)
+        text = self._flow.get(key)
+        if text is None:
+            text = flow_hash(r)
+            assert text is not None
+            if len(self._flow) >= CACHE_MAX:
+                self._flow.clear()
+            self._flow[key] = text
+        return text
+
+
+def present(**fields: Any) -> dict[str, Any] | None:
+    """The fields that are not None, or None if none is left (so an empty object is left out too)."""
+    out = {k: v for k, v in fields.items() if v is not None}
+    return out or None
+
+
 def prune(doc: dict[str, Any]) -> dict[str, Any]:
     """Drop None values and objects left empty, recursively (absent, not null, in every sink)."""
     out: dict[str, Any] = {}

@@ -15,14 +15,14 @@ endpoint without an IP address (ARP and other non-IP frames) is named by its MAC
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from producer import __version__
 from producer.consumer.mapping import (
     IANA_KEYWORDS,
     Origin,
-    flow_hash,
-    ip_text,
+    Texts,
     map_each,
     prune,
     utc_date,
@@ -38,13 +38,12 @@ DIRECTION = {"INGRESS": (1, "Inbound"), "EGRESS": (2, "Outbound")}
 IP_VERSION = {4: (4, "IPv4"), 6: (6, "IPv6")}
 
 
-def _endpoint(ip: str | None, port: int | None, mac: bytes, vlans: list[int]) -> dict[str, Any]:
-    mac_text = mac.hex(":")
+def _endpoint(ip: str | None, port: int | None, mac_text: str, vlans: list[int]) -> dict[str, Any]:
     return {"ip": ip, "port": port, "mac": mac_text, "uid": None if ip is not None else mac_text,
             "vlan_uid": str(vlans[0]) if vlans else None}
 
 
-def ocsf_event(r: dict[str, Any], eid: str) -> dict[str, Any]:
+def ocsf_event(r: dict[str, Any], eid: str, t: Texts) -> dict[str, Any]:
     nbytes, npackets = wire_counts(r)
     vlans = r["vlan_ids"]
     proto = r["ip_proto"]
@@ -62,13 +61,13 @@ def ocsf_event(r: dict[str, Any], eid: str) -> dict[str, Any]:
                      "product": {"name": "hdrlog", "vendor_name": "hdrlog", "version": __version__}},
         "device": {"hostname": r["host_id"], "type_id": 0, "type": "Unknown",
                    "interface_name": r["interface"], "interface_uid": str(r["ifindex"])},
-        "src_endpoint": _endpoint(ip_text(r["src_ip"]), r["src_port"], r["src_mac"], vlans),
-        "dst_endpoint": _endpoint(ip_text(r["dst_ip"]), r["dst_port"], r["dst_mac"], vlans),
+        "src_endpoint": _endpoint(t.ip(r["src_ip"]), r["src_port"], t.mac(r["src_mac"], ":"), vlans),
+        "dst_endpoint": _endpoint(t.ip(r["dst_ip"]), r["dst_port"], t.mac(r["dst_mac"], ":"), vlans),
         "connection_info": {
             "direction_id": direction_id, "direction": direction,
             "protocol_num": proto, "protocol_name": IANA_KEYWORDS.get(proto) if proto is not None else None,
             "protocol_ver_id": ver_id, "protocol_ver": ver,
-            "tcp_flags": flags, "community_uid": flow_hash(r),
+            "tcp_flags": flags, "community_uid": t.flow(r),
         },
         "traffic": {"bytes": nbytes, "packets": npackets},
         "unmapped": {
@@ -91,6 +90,9 @@ def ocsf_event(r: dict[str, Any], eid: str) -> dict[str, Any]:
 class OcsfFormatter:
     name = "ocsf"
 
+    def __init__(self) -> None:
+        self._texts = Texts()
+
     def partition(self, event: dict[str, Any]) -> tuple[str, str]:
         return utc_date(event["time"] * 1_000_000), str(event["device"]["hostname"])
 
@@ -98,4 +100,4 @@ class OcsfFormatter:
         return str(event["metadata"]["uid"])
 
     def events(self, records: Sequence[dict[str, Any]], origin: Origin) -> list[dict[str, Any]]:
-        return map_each(records, origin, ocsf_event)
+        return map_each(records, origin, partial(ocsf_event, t=self._texts))

@@ -93,6 +93,8 @@ class Runner:
         self._unacked_events = 0
         self._unacked_messages = 0
         self._idle_from: float | None = None  # when partitions were (last) assigned, for the idle timeout
+        self._busy_from: float | None = None  # process CPU time when the first message arrived ...
+        self._busy_to = 0.0                   # ... and when the last events were written and committed
 
     # -- commits -------------------------------------------------------------------------------
 
@@ -125,6 +127,7 @@ class Runner:
             log.warning("offset commit failed (those records will be read again): %s", exc.args[0].str())
             return
         self.telemetry.add(CStat.COMMITS)
+        self._busy_to = time.process_time()
 
     def _retrying(self, what: str) -> Callable[[BaseException, float], None]:
         def note(exc: BaseException, sleep: float) -> None:
@@ -175,6 +178,8 @@ class Runner:
         finally:
             self._close(consumer, dlq, registry)
         snap = self.telemetry.snapshot()
+        if self._busy_from is not None:  # CPU (every thread) from the first message to the last commit
+            snap["busy_cpu_ms"] = round((self._busy_to - self._busy_from) * 1000)
         return ConsumeReport(events=snap[CStat.EVENTS_WRITTEN], messages=snap[CStat.MESSAGES_READ],
                              dead_lettered=snap[CStat.MESSAGES_DEAD_LETTERED], counters=snap)
 
@@ -213,6 +218,8 @@ class Runner:
             if data:
                 last_message = now
                 limit = None if opts.max_records is None else opts.max_records - written
+                if self._busy_from is None:
+                    self._busy_from = time.process_time()
                 written += self._process(data, decoder, dlq, limit)
             elif opts.idle_timeout_s is not None and self._idle(consumer, now, last_message, started):
                 break

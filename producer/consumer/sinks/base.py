@@ -14,9 +14,10 @@ the broker (Kafka).  Only then are the offsets of those events committed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any, Protocol
+
+import orjson
 
 
 class Sink(Protocol):
@@ -30,4 +31,5 @@ class Sink(Protocol):
 
 
 def json_line(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    """One event as a line of compact UTF-8 JSON (orjson: the same text as json.dumps, faster)."""
+    return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)

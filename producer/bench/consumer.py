@@ -1,0 +1,334 @@
+"""`hdrlog bench --consumer`: the consumer into each sink, and a Kafka Connect worker, on the same topics.
+
+    agent (record shape, batch shape) ──▶ Kafka ──▶ hdrlog consume --sink ...   (one run per sink)
+                                                └─▶ Kafka Connect FileStreamSink (record shape, the same topic)
+
+The topics are written once per run by the real agent from the benchmark's
+UDP flood (producer/bench/run.py's Bench).  Each consumer run is a new group
+reading a whole topic (``--from-beginning --idle-timeout``); its CPU is the
+consumer's own count from its first message to its last commit (every
+thread: ``busy_cpu_ms`` in its summary), so start-up and the idle wait at the
+end are not charged, and the cgroup total is shown beside it.  Kafka Connect's
+worker is already running; its CPU is the worker's (``/proc/PID/stat``) from
+the connector's creation to the last line of its file.  The scaling run reads
+a six-partition copy of the batch topic with one member, then with two
+members of one group at once: each member's records per CPU-second against
+the single member's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from producer.bench.agent import HdrlogContender
+from producer.bench.cgroup import CpuGroup
+from producer.bench.run import Bench, machine, replace_between
+from producer.errors import HdrlogError
+
+MARK_BEGIN = "<!-- hdrlog bench consumer: begin -->"
+MARK_END = "<!-- hdrlog bench consumer: end -->"
+HDRLOG = [sys.executable, "-m", "producer"]
+
+
+@dataclass
+class ConsumerRow:
+    name: str
+    topic_shape: str
+    records: int
+    cpu_s: float          # busy CPU (first message -> last commit); Connect: the worker's CPU over its run
+    gross_cpu_s: float    # the whole process, start-up and idle end included (cgroup); Connect: same as cpu_s
+    wall_s: float
+    note: str = ""
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.records / self.cpu_s if self.cpu_s > 0 else 0.0
+
+
+@dataclass
+class ConsumerReport:
+    started: str
+    machine: str
+    records: dict[str, int] = field(default_factory=dict)  # per topic shape
+    rows: list[ConsumerRow] = field(default_factory=list)
+    scaling: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for row, out in zip(self.rows, d["rows"], strict=True):
+            out["per_cpu_s"] = round(row.per_cpu_s)
+        return d
+
+
+def _consume(bootstrap: str, registry: str, topic: str, args: list[str], name: str) -> tuple[dict[str, int], float,
+                                                                                            float]:
+    """One ``hdrlog consume`` over a whole topic; (its summary, cgroup CPU seconds, wall seconds)."""
+    with CpuGroup(f"consume-{name}") as group:
+        t0 = time.monotonic()
+        res = subprocess.run([*HDRLOG, "--log-format", "json", "consume", "--topic", topic, "--bootstrap-servers",
+                              bootstrap, "--schema-registry", registry, "--from-beginning", "--idle-timeout", "3",
+                              "--group", f"bench-{uuid.uuid4().hex[:8]}", "--progress", "off", *args],
+                             capture_output=True, text=True, timeout=3600, preexec_fn=group.preexec_fn(),
+                             check=False)
+        wall = time.monotonic() - t0
+        gross = group.usage_s()
+    if res.returncode != 0:
+        raise HdrlogError(f"consume {name} failed: {res.stderr.strip().splitlines()[-1:]}")
+    summary = next(json.loads(line)["summary"] for line in reversed(res.stderr.splitlines())
+                   if line.startswith('{"summary"'))
+    return dict(summary), gross, wall
+
+
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    n = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            n += chunk.count(b"\n")
+    return n
+
+
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ConsumerBench:
+    def __init__(self, say: Callable[[str], None], records: int, workdir: Path) -> None:
+        self.say = say
+        self.records = records
+        self.workdir = workdir
+        self.report = ConsumerReport(datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), machine())
+
+    def topics(self, bench: Bench) -> dict[str, str]:
+        """The agent writes ~``records`` records in each shape (one UDP flood each)."""
+        out: dict[str, str] = {}
+        for shape in ("record", "batch"):
+            rate = 100_000
+            row, target = bench.run(HdrlogContender(shape), rate, self.records / rate)
+            out[shape] = target.topic
+            self.report.records[shape] = row.delivered
+        return out
+
+    def member(self, bench: Bench, name: str, topic: str, shape: str, args: list[str]) -> ConsumerRow:
+        s = bench.stack
+        summary, gross, wall = _consume(s.bootstrap_servers, s.registry_url, topic, args, name)
+        n = summary["events_written"]
+        if n != self.report.records[shape] or summary["messages_dead_lettered"]:
+            raise HdrlogError(f"consume {name}: wrote {n} of {self.report.records[shape]} records "
+                              f"({summary['messages_dead_lettered']} messages dead-lettered)")
+        row = ConsumerRow(name, shape, n, summary.get("busy_cpu_ms", 0) / 1000, gross, wall)
+        self.report.rows.append(row)
+        self.say(f"  {name:<28} {shape:<6} {n:>9,} records  cpu {row.cpu_s:6.2f} s (process {gross:6.2f} s)  "
+                 f"{row.per_cpu_s:>9,.0f} rec/cpu-s")
+        return row
+
+    def connect(self, bench: Bench, topic: str) -> None:
+        import httpx2
+
+        from producer.devstack import LocalStack
+        from producer.devstack.connect import connector_config
+
+        s = bench.stack
+        LocalStack(s).up(with_connect=True)
+        pid = int((s.root / "connect.pid").read_text())
+        out = self.workdir / "connect-sink.txt"
+        cfg = connector_config(topic=topic, file=str(out), registry_url=s.registry_url,
+                               name=f"hdrlog-bench-{uuid.uuid4().hex[:8]}")
+        want = self.report.records["record"]
+        cpu0, t0 = _proc_cpu_s(pid), time.monotonic()
+        r = httpx2.post(f"{s.connect_url}/connectors", json=cfg, timeout=30)
+        if r.status_code != 201:
+            raise HdrlogError(f"Kafka Connect refused the connector: {r.text[:200]}")
+        try:
+            lines = 0
+            deadline = time.monotonic() + 600
+            while lines < want:
+                if time.monotonic() > deadline:
+                    raise HdrlogError(f"Kafka Connect wrote {lines} of {want} records in 600 s")
+                time.sleep(0.05)
+                lines = _count_lines(out)
+            cpu, wall = _proc_cpu_s(pid) - cpu0, time.monotonic() - t0
+        finally:
+            httpx2.delete(f"{s.connect_url}/connectors/{cfg['name']}", timeout=30)
+        row = ConsumerRow("Kafka Connect FileStreamSink", "record", lines, cpu, cpu, wall,
+                          "Apicurio AvroConverter 2.6.13; Struct.toString() lines")
+        self.report.rows.append(row)
+        self.say(f"  {row.name:<28} record {lines:>9,} records  cpu {cpu:6.2f} s  {row.per_cpu_s:>9,.0f} rec/cpu-s")
+
+    def scaling(self, bench: Bench, source: str) -> None:
+        """One member, then two members of one group, on six-partition copies of the record-shape topic.
+
+        The two members join (and are assigned three partitions each) before the copy is written,
+        so neither reads what the other should have."""
+        s = bench.stack
+        one_topic = self._copy6(bench, source)
+        one = self.member(bench, "ecs file, 1 member (6 part.)", one_topic, "record",
+                          ["--format", "ecs", "--sink", f"file:{self.workdir / 'one'}"])
+        topic = f"hdrlog.bench.consume-6p.{uuid.uuid4().hex[:8]}"
+        from producer.bench.contenders import create_topic
+
+        create_topic(s.bootstrap_servers, topic, None, partitions=6)
+        group = f"bench-two-{uuid.uuid4().hex[:8]}"
+        members = []
+        for i in range(2):
+            g = CpuGroup(f"consume-two-{i}")
+            members.append((g, subprocess.Popen(
+                [*HDRLOG, "--log-format", "json", "consume", "--topic", topic, "--bootstrap-servers",
+                 s.bootstrap_servers, "--schema-registry", s.registry_url, "--from-beginning", "--idle-timeout", "5",
+                 "--group", group, "--progress", "off", "--format", "ecs", "--sink",
+                 f"file:{self.workdir / f'two-{i}'}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                preexec_fn=g.preexec_fn())))
+        _wait_assigned(s.bootstrap_servers, group, 2)
+        self._copy6(bench, source, into=topic)
+        per: list[float] = []
+        total = 0
+        for i, (g, proc) in enumerate(members):
+            _out, err = proc.communicate(timeout=3600)
+            g.close()
+            summary = next(json.loads(line)["summary"] for line in reversed(err.splitlines())
+                           if line.startswith('{"summary"'))
+            n, cpu = summary["events_written"], summary.get("busy_cpu_ms", 0) / 1000
+            total += n
+            per.append(n / cpu if cpu else 0.0)
+            self.say(f"  ecs file, member {i + 1} of 2         record {n:>9,} records  cpu {cpu:6.2f} s  "
+                     f"{per[-1]:>9,.0f} rec/cpu-s")
+        if total != one.records:
+            raise HdrlogError(f"two members wrote {total} records, one member {one.records}")
+        self.report.scaling = {"one_member_per_cpu_s": round(one.per_cpu_s),
+                               "two_members_per_cpu_s": [round(x) for x in per],
+                               "worst_ratio": round(min(per) / one.per_cpu_s, 3) if one.per_cpu_s else 0.0}
+        self.say(f"  scaling: each of two members keeps {self.report.scaling['worst_ratio']:.0%} or more of one "
+                 "member's records per CPU-second")
+
+    def _copy6(self, bench: Bench, source: str, into: str | None = None) -> str:
+        """The messages of ``source`` spread round-robin over a six-partition topic (new unless ``into``)."""
+        from confluent_kafka import Producer
+
+        from producer.bench.contenders import create_topic, read_values
+
+        s = bench.stack
+        topic = into or f"hdrlog.bench.consume-6p.{uuid.uuid4().hex[:8]}"
+        if into is None:
+            create_topic(s.bootstrap_servers, topic, None, partitions=6)
+        p = Producer({"bootstrap.servers": s.bootstrap_servers, "linger.ms": 20})
+        for i, value in enumerate(read_values(s.bootstrap_servers, source)):
+            while True:
+                try:
+                    p.produce(topic, value=value, partition=i % 6)
+                    break
+                except BufferError:
+                    p.poll(0.1)
+        if p.flush(60):
+            raise HdrlogError(f"could not copy {source} to six partitions")
+        return topic
+
+
+def _wait_assigned(bootstrap: str, group: str, members: int, timeout_s: float = 120.0) -> None:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            desc = admin.describe_consumer_groups([group])[group].result(10)
+            if len(desc.members) == members and all(m.assignment.topic_partitions for m in desc.members):
+                return
+        except KafkaException:  # the group is not there until its first member joins
+            pass
+        time.sleep(0.2)
+    raise HdrlogError(f"the {members} members of {group} were not all assigned partitions in {timeout_s:.0f} s")
+
+
+def run_consumer_bench(*, records: int, out_dir: Path, say: Callable[[str], None], update: Path | None) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="hdrlog-bench-consumer-"))
+    cb = ConsumerBench(say, records, workdir)
+    with Bench(say, 1.0, workdir) as bench:
+        say(f"topics: the agent writes ~{records:,} records in each shape")
+        topics = cb.topics(bench)
+        say("consumer runs (busy CPU: first message to last commit)")
+        w = str(workdir)
+        cases: list[tuple[str, str, list[str]]] = [
+            ("ecs file", "batch", ["--format", "ecs", "--sink", f"file:{w}/ecs-batch"]),
+            ("ecs file", "record", ["--format", "ecs", "--sink", f"file:{w}/ecs-record"]),
+            ("ocsf file", "batch", ["--format", "ocsf", "--sink", f"file:{w}/ocsf"]),
+            ("raw file", "batch", ["--format", "raw", "--sink", f"file:{w}/raw"]),
+            ("ecs parquet", "batch", ["--format", "ecs", "--sink", f"parquet:{w}/lake", "--commit-interval", "5"]),
+            ("ecs kafka json", "batch",
+             ["--format", "ecs", "--sink", f"kafka:hdrlog.bench.json.{uuid.uuid4().hex[:8]}"]),
+        ]
+        for name, shape, args in cases:
+            cb.member(bench, name, topics[shape], shape, args)
+        _http_members(cb, bench, topics["batch"], w)
+        cb.connect(bench, topics["record"])
+        cb.scaling(bench, topics["record"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "consumer.json").write_text(json.dumps(cb.report.to_json(), indent=2) + "\n")
+    md = markdown(cb.report)
+    (out_dir / "consumer.md").write_text(md)
+    if update is not None:
+        replace_between(update, "\n" + md, MARK_BEGIN, MARK_END)
+    say(md)
+
+
+def _http_members(cb: ConsumerBench, bench: Bench, topic: str, w: str) -> None:
+    """_bulk into the real OpenSearch node, and HEC into a local server that answers Success."""
+    from producer.devstack import LocalStack
+
+    try:
+        LocalStack(bench.stack).up(with_opensearch=True)
+    except HdrlogError as exc:
+        cb.report.skipped["ecs opensearch"] = str(exc)
+    else:
+        cb.member(bench, "ecs opensearch _bulk", topic, "batch",
+                  ["--format", "ecs", "--sink", f"opensearch:{bench.stack.opensearch_url}",
+                   "--index", f"hdrlog-bench-{uuid.uuid4().hex[:8]}"])
+    from producer.bench.hecserver import serve_hec
+
+    token = Path(w) / "hec-token"
+    token.write_text("bench-token\n")
+    with serve_hec() as url:
+        cb.member(bench, "cim hec", topic, "batch",
+                  ["--format", "cim", "--sink", f"hec:{url}", "--sink-token-file", str(token)])
+
+
+def markdown(r: ConsumerReport) -> str:
+    targets = {"ecs file": 50_000, "ecs parquet": 200_000}
+    connect = next((row.per_cpu_s for row in r.rows if row.name.startswith("Kafka Connect")), 0.0)
+    lines = [f"Run {r.started} on {r.machine}: `make bench-consumer` (`hdrlog bench --consumer "
+             "--update BENCHMARKS.md`). The agent wrote "
+             + ", ".join(f"{n:,} records in {shape} shape" for shape, n in r.records.items())
+             + "; each run below read a whole topic as a new group.", "",
+             "| consumer | topic | records | CPU s (busy) | CPU s (process) | records / CPU-s | target |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for row in r.rows:
+        goal = targets.get(row.name)
+        mark = ""
+        if goal:
+            mark = f"≥ {goal:,}: {'met' if row.per_cpu_s >= goal else 'not met'}"
+        if row.name.startswith("ecs") and connect:
+            mark += ("; " if mark else "") + f"{row.per_cpu_s / connect:.2f}× Connect"
+        lines.append(f"| {row.name} | {row.topic_shape} | {row.records:,} | {row.cpu_s:.2f} | {row.gross_cpu_s:.2f} | "
+                     f"{row.per_cpu_s:,.0f} | {mark} |")
+    if r.scaling:
+        lines += ["", f"Two members of one group on a six-partition topic: "
+                  f"{', '.join(f'{x:,}' for x in r.scaling['two_members_per_cpu_s'])} records per CPU-second "
+                  f"against {r.scaling['one_member_per_cpu_s']:,} for one member alone: the worse keeps "
+                  f"{r.scaling['worst_ratio']:.0%} (target ≥ 90%)."]
+    for name, why in r.skipped.items():
+        lines.append(f"\nSkipped {name}: {why}")
+    return "\n".join(lines) + "\n"
