@@ -112,7 +112,8 @@ def _consume_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--config", type=Path, help="TOML file; its [kafka] and [registry] tables are used")
     _add_setting_flags(p, ("kafka.topic", "kafka.bootstrap_servers", "registry.url"))
     p.add_argument("--group", default=None,
-                   help="consumer group; members of one group share the partitions (default hdrlog-consume-FORMAT)")
+                   help="consumer group; members of one group share the partitions (default hdrlog-consume-FORMAT; "
+                   "with --format text a new group per run, for a quick look)")
     p.add_argument("--format", choices=["ecs", "ocsf", "cim", "raw", "text"], default="ecs",
                    help="ecs: Elastic Common Schema 9.x (default); ocsf: OCSF 1.8 Network Activity; cim: Splunk "
                    "CIM Network Traffic (for hec); raw: the records as the schema has them; text: one readable "
@@ -349,7 +350,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
     opts = ConsumeOptions(
         bootstrap_servers=cfg.kafka.bootstrap_servers, schema_registry=cfg.registry.url,
         kafka=cfg.kafka.properties, registry=cfg.registry.properties, topic=cfg.kafka.topic,
-        group=args.group or f"hdrlog-consume-{args.format}", from_beginning=args.from_beginning,
+        group=args.group or (f"hdrlog-console-{uuid.uuid4().hex[:8]}" if args.format == "text"
+                             else f"hdrlog-consume-{args.format}"), from_beginning=args.from_beginning,
         max_records=args.max_records, idle_timeout_s=args.idle_timeout, commit_interval_s=interval,
         client_id=client_id)
     tel = ConsumerTelemetry()

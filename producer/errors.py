@@ -49,9 +49,11 @@ class InterfaceError(CaptureError):
 
 
 class RegistryError(HdrlogError):
-    """The schema registry is unreachable or refused a request; ``status`` is its HTTP answer, if any."""
+    """The schema registry is unreachable or refused a request; ``status`` is its HTTP answer and
+    ``code`` the registry's own error code (40403: no such schema), if any."""
 
     status: int | None = None
+    code: int | None = None
 
 
 class BrokerError(HdrlogError):

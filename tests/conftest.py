@@ -63,22 +63,31 @@ def stack() -> Any:
     return settings
 
 
-@pytest.fixture(scope="session")
-def opensearch(stack: Any) -> str:
-    """A real OpenSearch node (``hdrlog stack up --opensearch``); its URL."""
+@pytest.fixture(scope="module")
+def opensearch(stack: Any) -> Iterator[str]:
+    """A real OpenSearch node (``hdrlog stack up --opensearch``); its URL.  Stopped after the module
+    if this fixture started it: its JVM (and Connect's) must not load the timing-sensitive tests after."""
     from producer.devstack import LocalStack
 
-    LocalStack(stack).up(with_opensearch=True)
-    return str(stack.opensearch_url)
+    local = LocalStack(stack)
+    before = local.status().opensearch
+    local.up(with_opensearch=True)
+    yield str(stack.opensearch_url)
+    if before is None or not before.running:
+        local.stop_optional(opensearch_too=True)
 
 
-@pytest.fixture(scope="session")
-def connect(stack: Any) -> str:
-    """A real Kafka Connect worker (``hdrlog stack up --connect``); its REST URL."""
+@pytest.fixture(scope="module")
+def connect(stack: Any) -> Iterator[str]:
+    """A real Kafka Connect worker (``hdrlog stack up --connect``); its REST URL (stopped as above)."""
     from producer.devstack import LocalStack
 
-    LocalStack(stack).up(with_connect=True)
-    return str(stack.connect_url)
+    local = LocalStack(stack)
+    before = local.status().connect
+    local.up(with_connect=True)
+    yield str(stack.connect_url)
+    if before is None or not before.running:
+        local.stop_optional(connect_too=True)
 
 
 @pytest.fixture

@@ -259,6 +259,19 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_the_rest_to_the_sink(
         assert h["__connect.errors.stage"] == ("TRANSFORMATION" if reason == "mapping_error" else "VALUE_CONVERTER")
 
 
+def test_a_wrong_registry_path_stops_the_consumer_at_start(topics: dict[str, Topic], stack: Any) -> None:
+    from tests.conftest import run_hdrlog
+
+    wrong = stack.registry_url.replace("/apis/ccompat/v7", "/apis")
+    res = run_hdrlog("consume", "--topic", topics["record"].name, "--bootstrap-servers", stack.bootstrap_servers,
+                     "--schema-registry", wrong, "--from-beginning", "--idle-timeout", "3", "--group",
+                     f"test-{uuid.uuid4().hex[:8]}")
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"hdrlog: error: {wrong} is not a Confluent-compatible schema registry API (no /schemas/types; "
+        "for Apicurio the URL ends in /apis/ccompat/v7)")
+
+
 def test_sigkill_mid_stream_then_restart_leaves_one_document_per_record(
         topics: dict[str, Topic], stack: Any, tmp_path: Path) -> None:
     t = topics["record"]  # a message per record: many consume() rounds, commits between them
@@ -284,7 +297,8 @@ def test_sigterm_commits_what_was_written(topics: dict[str, Topic], stack: Any, 
     args = ("--format", "raw", "--sink", f"file:{tmp_path}", "--commit-interval", "30")
     first = ConsumerProcess(stack, t.name, *args, "--listen", "127.0.0.1:0")
     url = first.metrics_url()
-    wait_for(lambda: first.counter(url, "events_written") > 0 or len(ndjson(tmp_path)) > 0, 120, "some events")
+    # read (not yet flushed: the commit interval is long), then SIGTERM: the stop flushes and commits
+    wait_for(lambda: first.counter(url, "messages_read") >= 1000, 120, "a thousand messages read")
     first.kill(signal.SIGTERM)
     assert first.proc.returncode == 0, first.stderr
     written = len(ndjson(tmp_path))

@@ -26,6 +26,7 @@ from producer.consumer.mapping import Origin, RawFormatter, event_id, wire_count
 from producer.consumer.ocsf import OcsfFormatter
 from producer.consumer.sinks.ndjson import FileSink
 from producer.consumer.sinks.parquet import ParquetSink, schema_for
+from producer.errors import SinkError
 from producer.records import Batch, RingMark
 from producer.serialize.avro import frame_header
 from producer.serialize.columnar import ColumnarBatchEncoder, ColumnarRecordEncoder
@@ -192,6 +193,7 @@ def test_file_sink_rotates_by_size_and_keeps_every_line(tmp_path: Path) -> None:
     events = [{"n": i, "pad": "y" * 50} for i in range(500)]
     for i in range(0, 500, 7):
         assert sink.write(events[i:i + 7]) == []
+        sink.flush()  # the runner flushes before each commit; files rotate there
     sink.close()
     files = sink.files()
     assert len(files) > 10 and files[-1].name == "x.ndjson"
@@ -203,8 +205,37 @@ def test_file_sink_keeps_only_the_newest_rotated_files(tmp_path: Path) -> None:
     sink = FileSink(tmp_path, prefix="x", max_bytes=100, keep=3)
     for i in range(50):
         sink.write([{"n": i, "pad": "z" * 100}])
+        sink.flush()
     sink.close()
     assert len(list(tmp_path.glob("x-*.ndjson"))) == 3
+
+
+def test_file_sink_leaves_no_torn_line_when_the_disk_fills(tmp_path: Path) -> None:
+    import errno
+
+    sink = FileSink(tmp_path, prefix="x")
+    sink.write([{"n": 0}])
+    sink.flush()
+    real = sink._file
+
+    class Full:  # writes half of what it is given, then the disk is full
+        def write(self, data: bytes) -> int:
+            real.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    sink._file = Full()  # type: ignore[assignment]
+    sink.write([{"n": 1, "pad": "p" * 100}])
+    with pytest.raises(SinkError) as err:
+        sink.flush()
+    assert err.value.retriable and "No space left" in str(err.value)
+    sink._file = real
+    assert (tmp_path / "x.ndjson").read_text() == '{"n":0}\n'  # cut back to the last whole line
+    sink.flush()  # the disk has room again: the kept buffer goes out once
+    sink.close()
+    assert [json.loads(line)["n"] for line in (tmp_path / "x.ndjson").read_text().splitlines()] == [0, 1]
 
 
 def test_parquet_sink_partitions_and_commits_files_atomically(tmp_path: Path) -> None:
@@ -280,3 +311,20 @@ def test_progress_line_and_metrics_show_rates_lag_and_dead_letters() -> None:
     assert 'hdrlog_consumer_dead_letters_total{reason="decode_error"} 0.0' in text
     assert 'hdrlog_consumer_lag_messages{partition="0"} 40.0' in text
     assert not Progress(tel, out=io.StringIO()).enabled  # not a terminal: no progress line
+
+
+def test_a_foreign_schema_named_like_ours_is_poison_not_a_crash() -> None:
+    import fastavro
+
+    from producer.consumer.telemetry import Poison
+    from producer.errors import PoisonMessage
+
+    foreign = {"type": "record", "name": "HeaderBatch", "namespace": "someone.else",
+               "fields": [{"name": "x", "type": "long"}]}
+    reg = FakeRegistry()
+    reg.texts[9] = json.dumps(foreign)
+    buf = __import__("io").BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(foreign), {"x": 7})
+    with pytest.raises(PoisonMessage) as err:
+        MessageDecoder(reg).records(frame_header(9) + buf.getvalue())  # type: ignore[arg-type]
+    assert err.value.reason == Poison.WRONG_SCHEMA

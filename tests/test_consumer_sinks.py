@@ -188,3 +188,70 @@ def test_hec_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
         HecSink("http://127.0.0.1:9", HttpOptions())
     monkeypatch.setenv("HDRLOG_SINK_TOKEN", "from-env")
     HecSink("http://127.0.0.1:9", HttpOptions()).close()
+
+
+def test_bulk_stops_when_an_item_error_holds_for_every_document() -> None:
+    for status, error in ((403, "security_exception"), (404, "index_not_found_exception"),
+                          (400, "index_closed_exception")):
+        answer = (200, {"errors": True, "items": [_item(201), _item(status, error)]})
+        with serve(lambda _r, a=answer: a) as srv, pytest.raises(SinkError) as err:  # type: ignore[misc]
+            BulkSink(srv.url, ECS, "idx", sleep=Sleeps()).write(_events(2))
+        assert not err.value.retriable and error in str(err.value) and "every document" in str(err.value)
+
+
+def test_bulk_stops_on_an_answer_that_is_not_the_bulk_apis() -> None:
+    for answer in ({"not": "bulk"}, {"items": [{"index": {"_id": "x"}}]}):
+        with serve(lambda _r, a=answer: (200, a)) as srv, pytest.raises(SinkError) as err:  # type: ignore[misc]
+            BulkSink(srv.url, ECS, "idx").write(_events(1))
+        assert not err.value.retriable and "not the bulk API's answer" in str(err.value)
+
+
+def test_sink_urls_with_credentials_are_refused() -> None:
+    with pytest.raises(ConfigError) as err:
+        BulkSink("https://elastic:s3cret@127.0.0.1:9200", ECS, "idx")
+    assert "s3cret" not in str(err.value) and "--sink-user" in str(err.value)
+
+
+def test_hec_stops_on_a_400_that_names_no_event(token: str) -> None:
+    with serve(lambda _r: (400, {"text": "Incorrect index", "code": 7, "invalid-event-number": None})) as srv, \
+            pytest.raises(SinkError) as err:
+        HecSink(srv.url, HttpOptions(token_file=token), index="nope").write(_cim(3))
+    assert not err.value.retriable and "refuses every event" in str(err.value) and "Incorrect index" in str(err.value)
+
+
+def test_kafka_json_sink_sorts_delivery_failures_by_their_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    from confluent_kafka import KafkaError
+
+    from producer.consumer.sinks import kafka_json
+
+    class FakeProducer:
+        codes: dict[int, int] = {}
+
+        def __init__(self, _conf: dict[str, Any]) -> None:
+            self.reports: list[tuple[Any, int | None]] = []
+
+        def produce(self, _topic: str, key: bytes, value: bytes, on_delivery: Any) -> None:
+            self.reports.append((on_delivery, self.codes.get(len(self.reports))))
+
+        def poll(self, _t: float) -> int:
+            return 0
+
+        def flush(self, _t: float) -> int:
+            for cb, code in self.reports:
+                cb(KafkaError(code) if code is not None else None, None)
+            self.reports.clear()
+            return 0
+
+    monkeypatch.setattr(kafka_json, "Producer", FakeProducer)
+    events = _events(3)
+    sink = kafka_json.KafkaJsonSink({}, "out", ECS.event_id)
+    FakeProducer.codes = {1: KafkaError.MSG_SIZE_TOO_LARGE}
+    assert [i for i, _ in sink.write(events)] == [1]  # one message too large: dead-lettered
+    FakeProducer.codes = {0: KafkaError._MSG_TIMED_OUT}
+    with pytest.raises(SinkError) as err:
+        sink.write(events)
+    assert err.value.retriable  # a timeout: the write is repeated
+    FakeProducer.codes = {2: KafkaError.TOPIC_AUTHORIZATION_FAILED}
+    with pytest.raises(SinkError) as err:
+        sink.write(events)
+    assert not err.value.retriable  # nothing would get through: stop

@@ -10,10 +10,10 @@ consumer's own count from its first message to its last commit (every
 thread: ``busy_cpu_ms`` in its summary), so start-up and the idle wait at the
 end are not charged, and the cgroup total is shown beside it.  Kafka Connect's
 worker is already running; its CPU is the worker's (``/proc/PID/stat``) from
-the connector's creation to the last line of its file.  The scaling run reads
-a six-partition copy of the batch topic with one member, then with two
-members of one group at once: each member's records per CPU-second against
-the single member's.
+the connector's creation to the last line of its file.  The scaling runs read
+six-partition copies of the record-shape topic, with one member, then with two
+members of one group (both assigned before the copy is written): each
+member's records per CPU-second against the single member's.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def _consume(bootstrap: str, registry: str, topic: str, args: list[str], name: s
         wall = time.monotonic() - t0
         gross = group.usage_s()
     if res.returncode != 0:
-        raise HdrlogError(f"consume {name} failed: {res.stderr.strip().splitlines()[-1:]}")
+        last = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit status {res.returncode}"
+        raise HdrlogError(f"consume {name} failed: {last}")
     summary = next(json.loads(line)["summary"] for line in reversed(res.stderr.splitlines())
                    if line.startswith('{"summary"'))
     return dict(summary), gross, wall

@@ -1,6 +1,6 @@
 """A local HTTP Event Collector for the consumer benchmark: it answers every batch as Splunk does
-when all is well (``{"text": "Success", "code": 0}``) and counts the events, so the consumer's
-HEC sink is measured without a Splunk server (whose CPU would not be the consumer's anyway)."""
+when all is well (``{"text": "Success", "code": 0}``), so the consumer's HEC sink is measured
+without a Splunk server (whose CPU would not be the consumer's anyway)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,9 @@ is on, so the tools that read a Connect DLQ read this one:
     __connect.errors.class.name                      the hdrlog class that refused it
     __connect.errors.exception.class.name / .message the error
     hdrlog.errors.reason                             the Poison reason (bad_magic, unknown_schema, ...)
-    hdrlog.errors.record.index                       for a sink refusal: which record of the message
+    hdrlog.errors.record.index                       for a sink refusal: which records of the message (a, b, ...)
+
+One dead letter per message, however many of its records a sink refused.
 
 ``flush`` waits for the broker's acknowledgement of every dead letter; the
 runner calls it before committing, so a message is never committed before it
@@ -47,7 +49,10 @@ class DeadLetters:
         self._member = member
         self._failed: list[str] = []
         self.sent = 0
-        pconf = {**conf, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
+        # zstd and a large client-side limit: a dead letter is the original message (compressed by the
+        # agent's producer) plus ~0.5 KB of headers; the broker's limit applies to the compressed batch
+        pconf = {**conf, "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "zstd",
+                 "message.max.bytes": 64 << 20}
         try:
             self._producer = Producer(pconf)
         except KafkaException as exc:
@@ -64,7 +69,7 @@ class DeadLetters:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise BrokerError(f"cannot create the dead-letter topic {self.topic}: {exc.args[0].str()}") from exc
 
-    def send(self, msg: Message, reason: Poison, error: BaseException, cls: str, index: int | None = None) -> None:
+    def send(self, msg: Message, reason: Poison, error: BaseException, cls: str, index: str | None = None) -> None:
         original = msg.headers() or []
         headers: list[tuple[str, str | bytes | None]] = list(
             original.items() if isinstance(original, dict) else original)
@@ -81,7 +86,7 @@ class DeadLetters:
             "hdrlog.errors.reason": reason.value,
         }
         if index is not None:
-            ctx["hdrlog.errors.record.index"] = str(index)
+            ctx["hdrlog.errors.record.index"] = index  # comma-separated when several records were refused
         headers += [(k, v.encode()) for k, v in ctx.items()]
         while True:
             try:
@@ -90,6 +95,9 @@ class DeadLetters:
                 break
             except BufferError:
                 self._producer.poll(0.1)
+            except KafkaException as exc:
+                raise BrokerError(f"cannot dead-letter {msg.topic()}[{msg.partition()}]@{msg.offset()} "
+                                  f"({reason.value}): {exc.args[0].str()}") from exc
         self._producer.poll(0)
         self.sent += 1
 

@@ -27,20 +27,29 @@ from producer.serialize.registry import Registry
 IDENTITY_FIELDS = ("capture_id", "capture_cpu", "capture_seq", "agent_instance", "sequence")
 BATCH_FIELDS = ("host_id", "capture_id", "agent_instance", "sequence")
 HEADER_SCHEMAS = ("HeaderBatch", "HeaderRecord")
+SCHEMA_NOT_FOUND = 40403  # the Confluent API's error code (Apicurio's ccompat API answers the same)
 
 
 class MessageDecoder:
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
         self._schemas: dict[int, tuple[str, Any]] = {}
+        self._unknown: set[int] = set()  # ids the registry said it does not have (bounded)
 
     def _schema(self, schema_id: int) -> tuple[str, Any]:
         found = self._schemas.get(schema_id)
         if found is None:
+            if schema_id in self._unknown:
+                raise PoisonMessage(f"the registry has no schema id {schema_id}", Poison.UNKNOWN_SCHEMA)
             try:
                 text = self._registry.schema_text(schema_id)
             except RegistryError as exc:
-                if exc.status == 404:
+                # only the registry's "schema not found" (40403): a 404 for a wrong URL path is a
+                # settings error that must stop the consumer, not empty the topic into the DLQ
+                if exc.status == 404 and exc.code == SCHEMA_NOT_FOUND:
+                    if len(self._unknown) >= 10_000:
+                        self._unknown.clear()
+                    self._unknown.add(schema_id)
                     raise PoisonMessage(f"the registry has no schema id {schema_id}", Poison.UNKNOWN_SCHEMA) from exc
                 raise
             try:
@@ -80,9 +89,13 @@ class MessageDecoder:
                 raise PoisonMessage(f"schema id {int.from_bytes(value[1:5], 'big')} is {name or 'unnamed'}, "
                                     "not a header record schema", Poison.WRONG_SCHEMA)
         name, datum = self.decode(value)
-        if name == "HeaderBatch":
-            common = {k: datum[k] for k in BATCH_FIELDS}
-            return [{**common, **item} for item in datum["records"]]
+        try:
+            if name == "HeaderBatch":
+                common = {k: datum[k] for k in BATCH_FIELDS}
+                return [{**common, **item} for item in datum["records"]]
+        except (KeyError, TypeError) as exc:  # a record schema of that name, but not ours
+            raise PoisonMessage(f"a HeaderBatch without the fields of ours: {type(exc).__name__}: {exc}",
+                                Poison.WRONG_SCHEMA) from exc
         for k in IDENTITY_FIELDS:
             datum.setdefault(k, None)
         return [datum]

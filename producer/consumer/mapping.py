@@ -220,7 +220,7 @@ def map_each(records: Sequence[dict[str, Any]], origin: Origin,
     for i, record in enumerate(records):
         try:
             out.append(one(record, event_id(record, origin, i)))
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError, OSError) as exc:
             raise MappingError(f"record {i} cannot be mapped: {type(exc).__name__}: {exc}") from exc
     return out
 

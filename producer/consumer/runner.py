@@ -95,13 +95,23 @@ class Runner:
         self._idle_from: float | None = None  # when partitions were (last) assigned, for the idle timeout
         self._busy_from: float | None = None  # process CPU time when the first message arrived ...
         self._busy_to = 0.0                   # ... and when the last events were written and committed
+        self._assigned: set[int] = set()      # the partitions this member owns now
+        self._failed = False                  # the loop failed: a revocation must not flush or commit again
 
     # -- commits -------------------------------------------------------------------------------
 
-    def _on_commit(self, err: KafkaError | None, _partitions: list[TopicPartition]) -> None:
-        if err is not None:
-            self.telemetry.add(CStat.COMMIT_FAILURES)
-            log.warning("offset commit failed (the next commit carries the offsets again): %s", err.str())
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The broker's answer to a commit (asynchronous or not): count it; on failure, put the
+        offsets of partitions we still own back into the pending commit (unless newer ones are
+        there), so that the next commit carries them."""
+        if err is None:
+            self.telemetry.add(CStat.COMMITS)
+            return
+        self.telemetry.add(CStat.COMMIT_FAILURES)
+        log.warning("offset commit failed (the next commit carries the offsets again): %s", err.str())
+        for tp in partitions:
+            if tp.partition in self._assigned and tp.offset > self._pending.get(tp.partition, -1):
+                self._pending[tp.partition] = tp.offset
 
     def _acknowledge(self, dlq: DeadLetters) -> None:
         """Flush the sink and the dead letters: what was written is now acknowledged."""
@@ -113,6 +123,8 @@ class Runner:
 
     def _commit(self, consumer: Consumer, dlq: DeadLetters, *, sync: bool) -> None:
         if not self._pending:
+            if self._unacked_events or self._unacked_messages:  # written for partitions we lost
+                self._acknowledge(dlq)
             return
         self._acknowledge(dlq)
         offsets = [TopicPartition(self.opts.topic, p, o) for p, o in sorted(self._pending.items())]
@@ -122,11 +134,9 @@ class Runner:
                 consumer.commit(offsets=offsets, asynchronous=False)
             else:
                 consumer.commit(offsets=offsets, asynchronous=True)
-        except KafkaException as exc:
-            self.telemetry.add(CStat.COMMIT_FAILURES)
+        except KafkaException as exc:  # counted by _on_commit, which librdkafka calls for this commit too
             log.warning("offset commit failed (those records will be read again): %s", exc.args[0].str())
             return
-        self.telemetry.add(CStat.COMMITS)
         self._busy_to = time.process_time()
 
     def _retrying(self, what: str) -> Callable[[BaseException, float], None]:
@@ -141,6 +151,7 @@ class Runner:
         opts = self.opts
         conf = kafka_conf(opts)
         registry = Registry(opts.schema_registry, opts.registry)
+        with_retry(registry.check_api, deadline_s=opts.retry_deadline_s, on_retry=self._retrying("registry"))
         decoder = MessageDecoder(registry)
         dlq = DeadLetters(conf, opts.topic, opts.group, opts.client_id)
         consumer_conf = {**conf, "group.id": opts.group, "enable.auto.commit": False,
@@ -157,18 +168,25 @@ class Runner:
                 raise BrokerError(f"cannot reach Kafka at {opts.bootstrap_servers}: "
                                   f"{exc.args[0].str() if exc.args else exc}", retriable=True) from exc
             found = meta.topics.get(opts.topic)
-            dlq.ensure_topic(conf, len(found.partitions) if found is not None and found.partitions else 1)
+            if dlq.topic not in meta.topics:  # (creating an existing topic needs a Create ACL it may lack)
+                dlq.ensure_topic(conf, len(found.partitions) if found is not None and found.partitions else 1)
+
+            def on_assign(_c: Consumer, partitions: list[TopicPartition]) -> None:
+                self._assigned.update(tp.partition for tp in partitions)
 
             def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
                 self.telemetry.add(CStat.REBALANCES)
-                self._commit(c, dlq, sync=True)
+                if not self._failed:  # after a failure, _commit_at_failure did what could be done
+                    self._commit(c, dlq, sync=True)
+                self._assigned.difference_update(tp.partition for tp in partitions)
 
             def on_lost(_c: Consumer, partitions: list[TopicPartition]) -> None:
                 self.telemetry.add(CStat.REBALANCES)
                 for tp in partitions:  # another member owns them now: it re-reads what we did not commit
                     self._pending.pop(tp.partition, None)
+                    self._assigned.discard(tp.partition)
 
-            consumer.subscribe([opts.topic], on_revoke=on_revoke, on_lost=on_lost)
+            consumer.subscribe([opts.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
             try:
                 self._loop(consumer, decoder, dlq, stop)
             except BaseException:
@@ -188,17 +206,17 @@ class Runner:
             self._commit(consumer, dlq, sync=True)
         except (HdrlogError, KafkaException) as exc:
             log.warning("at the failure, the last commit failed too (those records will be read again): %s", exc)
+        self._failed = True
 
     def _close(self, consumer: Consumer, dlq: DeadLetters, registry: Registry) -> None:
-        try:
-            consumer.close()
-        except KafkaException as exc:
-            log.warning("closing the consumer: %s", exc)
-        for close in (self.sink.close, dlq.close, registry.close):
+        """Close everything, each whatever the others did; a failure here is logged, never raised
+        over the error that got us here."""
+        for what, close in (("the consumer", consumer.close), ("the sink", self.sink.close),
+                            ("the dead-letter producer", dlq.close), ("the registry client", registry.close)):
             try:
                 close()
-            except HdrlogError as exc:
-                log.warning("closing: %s", exc)
+            except (HdrlogError, KafkaException, OSError, ValueError) as exc:
+                log.warning("closing %s: %s", what, exc)
         if self.progress is not None:
             self.progress.tick(final=True)
 
@@ -298,18 +316,30 @@ class Runner:
         if events:
             rejected = with_retry(lambda: self.sink.write(events), deadline_s=self.opts.retry_deadline_s,
                                   on_retry=self._retrying(f"{self.sink.name} write"))
-            for index, why in rejected:
-                msg, i = owners[index]
-                where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()} record {i}"
-                tel.dead_letter(Poison.SINK_REJECTED, where, why)
-                tel.add(CStat.RECORDS_DEAD_LETTERED)
-                dlq.send(msg, Poison.SINK_REJECTED, SinkError(why), type(self.sink).__module__ + "."
-                         + type(self.sink).__qualname__, index=i)
+            self._dead_letter_refused(rejected, owners, dlq)
             self._unacked_events += len(events) - len(rejected)
-            self._unacked_messages += good
+        self._unacked_messages += good
         for msg in marks:
-            self._pending[msg.partition() or 0] = (msg.offset() or 0) + 1
+            if msg.partition() in self._assigned:  # not one a rebalance inside consume() took away
+                self._pending[msg.partition() or 0] = (msg.offset() or 0) + 1
         return len(events)
+
+    def _dead_letter_refused(self, rejected: list[tuple[int, str]], owners: list[tuple[Message, int]],
+                             dlq: DeadLetters) -> None:
+        """One dead letter per message with records the sink refused for good, naming them all."""
+        tel = self.telemetry
+        by_message: dict[int, tuple[Message, list[int], list[str]]] = {}
+        for index, why in rejected:
+            msg, i = owners[index]
+            tel.dead_letter(Poison.SINK_REJECTED, f"{msg.topic()}[{msg.partition()}]@{msg.offset()} record {i}", why)
+            tel.add(CStat.RECORDS_DEAD_LETTERED)
+            entry = by_message.setdefault(id(msg), (msg, [], []))
+            entry[1].append(i)
+            entry[2].append(why)
+        for msg, indices, whys in by_message.values():
+            dlq.send(msg, Poison.SINK_REJECTED, SinkError("; ".join(dict.fromkeys(whys))),
+                     type(self.sink).__module__ + "." + type(self.sink).__qualname__,
+                     index=",".join(map(str, indices)))
 
     def _update_lag(self, consumer: Consumer) -> None:
         try:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 class CStat(StrEnum):
     MESSAGES_READ = "messages_read"
-    MESSAGES_WRITTEN = "messages_written"            # every record of the message reached the sink
+    MESSAGES_WRITTEN = "messages_written"            # its records went to the sink (any it refused: below)
     MESSAGES_DEAD_LETTERED = "messages_dead_lettered"
     RECORDS_DECODED = "records_decoded"
     EVENTS_WRITTEN = "events_written"                # acknowledged by the sink

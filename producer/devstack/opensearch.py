@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from producer.errors import StackError
 
 MAIN_CLASS = "org.opensearch.bootstrap.OpenSearch"
 SERVICE_UID = 65534
@@ -30,9 +33,25 @@ def home_root(stack_root: Path, version: str) -> Path:
     return stack_root / f"opensearch-{version}"
 
 
+def check_home(path: Path) -> None:
+    """Refuse a home another user could have prepared: under root it sits in world-writable
+    /var/tmp, so it must be a real directory (no symlink) owned by root or the service uid and
+    writable by no one else, and so must its data and logs directories."""
+    for p in (path, path / "data", path / "logs"):
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise StackError(f"{p} is not a plain directory; remove it and run `hdrlog stack up --opensearch` again")
+        if st.st_uid not in (0, SERVICE_UID, os.geteuid()) or st.st_mode & 0o022:
+            raise StackError(f"{p} is owned by uid {st.st_uid} or writable by others; remove it and run "
+                             "`hdrlog stack up --opensearch` again")
+
+
 def chown_tree(root: Path, uid: int) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
-        os.chown(dirpath, uid, uid)
+    for dirpath, dirnames, filenames in os.walk(root):  # (os.walk does not follow symlinks)
+        os.lchown(dirpath, uid, uid)
         for name in dirnames + filenames:
             os.lchown(os.path.join(dirpath, name), uid, uid)
 

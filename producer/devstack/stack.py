@@ -280,13 +280,14 @@ class LocalStack:
             self._free(s.opensearch_port, "OpenSearch")
             java = jvm.find_java(21, prefer=s.java21, purpose=f"OpenSearch {s.opensearch_version}")
             owner = opensearch.SERVICE_UID if os.geteuid() == 0 else None
+            opensearch.check_home(p.opensearch)
             fetcher.opensearch(s.opensearch_version, p.opensearch, owner)
             home = p.opensearch / f"opensearch-{s.opensearch_version}"
             data, logs = p.opensearch / "data", p.opensearch / "logs"
             for d in (data, logs):
-                d.mkdir(exist_ok=True)
+                d.mkdir(mode=0o755, exist_ok=True)
                 if owner is not None:
-                    os.chown(d, owner, owner)
+                    os.lchown(d, owner, owner)
             self._say(f"starting OpenSearch {s.opensearch_version} on {s.opensearch_url} (about 15 s)")
             _rotate(self._opensearch.log)
             pid = self._opensearch.start(opensearch.argv(home, data, logs, s.opensearch_port, str(p.root)),
@@ -387,6 +388,15 @@ class LocalStack:
                 if running:
                     self._say(f"stopping {daemon.name}")
                 daemon.stop(timeout)
+
+    def stop_optional(self, *, opensearch_too: bool = False, connect_too: bool = False,
+                      timeout: float = 60.0) -> None:
+        """Stop OpenSearch and/or Kafka Connect, leaving Kafka and the registry running."""
+        with self._locked(time.monotonic() + timeout):
+            for daemon, wanted in ((self._connect, connect_too), (self._opensearch, opensearch_too)):
+                if wanted and daemon.pid() is not None:
+                    self._say(f"stopping {daemon.name}")
+                    daemon.stop(timeout)
 
     def restart(self, timeout: float = 300.0, *, with_opensearch: bool = False,
                 with_connect: bool = False) -> StackStatus:

@@ -32,6 +32,7 @@ def _classify(exc: Exception, url: str, what: str) -> RegistryError:
             retriable=status >= 500 or status in (408, 429),
         )
         err.status = status
+        err.code = exc.error_code
         return err
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, ValueError):  # an answer that is not the registry's API (JSON, fields)
@@ -167,6 +168,13 @@ class Registry:
                                 f"{doc.get('message', r.text[:200])} (HTTP {r.status_code})",
                                 retriable=r.status_code >= 500)
         return doc
+
+    def check_api(self) -> None:
+        """That ``url`` is a Confluent-compatible registry API (a RegistryError naming it if not), so a
+        wrong path is one clear error at start and not a 404 for every schema id later."""
+        if self._get("/schemas/types", missing=None) is None:
+            raise RegistryError(f"{self.url} is not a Confluent-compatible schema registry API (no /schemas/types; "
+                                "for Apicurio the URL ends in /apis/ccompat/v7)")
 
     def schema_text(self, schema_id: int) -> str:
         try:

@@ -4,9 +4,12 @@ Each request is NDJSON (``{"index": {"_index": ..., "_id": ...}}`` then the
 event), at most ``max_bytes``.  The answer is read per item: 2xx is done; 429
 and 5xx (the node is busy) are sent again with backoff; any other 4xx (a
 mapping conflict, a document the index refuses) is refused for good and the
-runner dead-letters its message.  A whole request answered 429/503 is sent
-again; 401/403 stop the consumer (the credentials are wrong, retrying will
-not help); 413 halves the request size.  The index name may hold ``{date}``,
+runner dead-letters its message; but an item refused for a reason that holds
+for every document (401/403: the credentials or their privileges; 404: the
+index does not exist and may not be created; a closed or blocked index)
+stops the consumer, as does a whole request answered 401/403.  A whole
+request answered 429/503 is sent again; 413 halves the request size; an
+answer that is not the bulk API's (a proxy's page) stops the consumer.  The index name may hold ``{date}``,
 the event's UTC date as ``YYYY.MM.DD`` (daily indices; a replay lands in the
 same one).  The README ships the index template for ECS.
 """
@@ -21,6 +24,23 @@ from producer.consumer.mapping import Formatter
 from producer.consumer.sinks.base import json_line
 from producer.consumer.sinks.http import RETRY_STATUSES, HttpOptions, HttpTarget, chunks, refused, resend
 from producer.errors import SinkError
+
+#: item errors that hold for every document of the index: the consumer stops instead of dead-lettering
+INDEX_REFUSALS = frozenset({"cluster_block_exception", "index_closed_exception", "index_not_found_exception",
+                            "security_exception"})
+
+
+def _items(r: Any, expected: int, url: str) -> list[dict[str, Any]]:
+    """The per-item results of a 200 answer; a SinkError if it is not the bulk API's answer."""
+    try:
+        items = r.json()["items"]
+        if len(items) == expected and all(isinstance(i, dict) and len(i) == 1 and
+                                          "status" in next(iter(i.values())) for i in items):
+            return list(items)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    raise SinkError(f"_bulk at {url} answered HTTP 200 with something that is not the bulk API's answer for "
+                    f"{expected} documents: {r.text[:200]!r}")
 
 
 class BulkSink:
@@ -75,16 +95,16 @@ class BulkSink:
                     retry += chunk
                     why = str(err)
                     continue
-                items = r.json().get("items") or []
-                if len(items) != len(chunk):
-                    raise SinkError(f"_bulk at {self._target.base_url} answered {len(items)} items for {len(chunk)}")
+                items = _items(r, len(chunk), self._target.base_url)
                 for i, item in zip(chunk, items, strict=True):
                     result = next(iter(item.values()))
-                    status = int(result.get("status", 0))
+                    status = int(result["status"])
                     if status < 300:
                         continue
                     error = result.get("error") or {}
                     reason = f"HTTP {status} {error.get('type', '')}: {error.get('reason', '')}".strip()
+                    if status in (401, 403, 404) or error.get("type") in INDEX_REFUSALS:
+                        raise SinkError(f"_bulk at {self._target.base_url} refuses every document: {reason}")
                     if status in RETRY_STATUSES:
                         retry.append(i)
                         why = reason

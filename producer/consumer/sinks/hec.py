@@ -7,10 +7,12 @@ Events are batched as concatenated JSON envelopes (``time``, ``host``,
 ``max_bytes`` a request.  HEC's answers, as documented:
 
 - 200 ``{"text": "Success", "code": 0}``: all indexed.
-- 400 with ``invalid-event-number`` N (code 6, "Invalid data format"): the
-  events before N were indexed, N is refused for good (dead-lettered), the
-  ones after it are sent again.
-- 400 otherwise: the whole request is refused for good.
+- 400 with ``invalid-event-number`` N (code 6, "Invalid data format"; 12, 13,
+  15: a field of that event): the events before N were indexed, N is refused
+  for good (dead-lettered), the ones after it are sent again.
+- 400 otherwise (7 "Incorrect index", 10/11 a channel is required, ...): a
+  setting is wrong for every event, so the consumer stops (nothing is
+  dead-lettered or committed).
 - 401 / 403 (token missing, invalid, disabled): the consumer stops.
 - 429, 500, 503 (code 9, "Server is busy"): sent again with backoff.
 
@@ -80,12 +82,11 @@ class HecSink:
                         doc = {}
                     reason = f"HTTP 400 code {doc.get('code')}: {doc.get('text', r.text[:200])}"
                     bad = doc.get("invalid-event-number")
-                    if isinstance(bad, int) and 0 <= bad < len(chunk):
-                        rejected.append((chunk[bad], reason))
-                        retry += chunk[bad + 1:]  # not indexed: HEC stops at the invalid event
-                        why = reason
-                    else:
-                        rejected += [(i, reason) for i in chunk]
+                    if not isinstance(bad, int) or not 0 <= bad < len(chunk):
+                        raise SinkError(f"HEC at {self._target.base_url} refuses every event: {reason}")
+                    rejected.append((chunk[bad], reason))
+                    retry += chunk[bad + 1:]  # not indexed: HEC stops at the invalid event
+                    why = reason
                     continue
                 err = refused(r, f"HEC at {self._target.base_url}")
                 if r.status_code not in RETRY_STATUSES:

@@ -58,7 +58,10 @@ def read_secret(path: str, env: str, what: str) -> str:
 class HttpTarget:
     def __init__(self, base_url: str, opts: HttpOptions, headers: dict[str, str] | None = None) -> None:
         if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{base_url!r} is not an http(s) URL")
+            raise ConfigError(f"{base_url.split('@')[-1]!r} is not an http(s) URL")
+        if "@" in base_url.split("://", 1)[1].split("/", 1)[0]:
+            raise ConfigError("credentials in the sink URL would reach logs and dead-letter headers: give "
+                              "--sink-user and --sink-password-file (or HDRLOG_SINK_PASSWORD) instead")
         self.base_url = base_url.rstrip("/")
         self.opts = opts
         auth: Any = None

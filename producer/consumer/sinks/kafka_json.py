@@ -5,8 +5,11 @@ replay overwrites instead of duplicating.  ``write`` produces the events and
 waits for the broker's acknowledgements (an idempotent producer, acks=all),
 so the runner commits only what the topic holds.  A message the broker refuses
 for good (too large, an invalid record) is returned refused and dead-lettered;
-a retriable failure left after librdkafka's own retries raises a retriable
-SinkError and the write is repeated (same keys).
+a failure that would refuse every event (the topic does not exist, writing to
+it is not authorized) stops the consumer; any other failure left after
+librdkafka's own retries (a timeout, the broker unreachable) raises a
+retriable SinkError and the write is repeated (same keys).  A delivery
+report's ``retriable()`` is always false, so the error code decides.
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from producer.consumer.sinks.base import json_line
 from producer.errors import BrokerError, SinkError
+
+#: refusals of one message (dead-lettered); refusals of the topic (the consumer stops)
+PER_MESSAGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG,
+                         KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE})
+STOPS = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+                   KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError.TOPIC_EXCEPTION})
 
 
 class KafkaJsonSink:
@@ -58,9 +67,12 @@ class KafkaJsonSink:
         if left:
             raise SinkError(f"{left} messages to {self.topic} not acknowledged within {self._timeout:g} s",
                             retriable=True)
-        retriable = [err for err in failed.values() if err.retriable()]
-        if retriable:
-            raise SinkError(f"{len(retriable)} messages to {self.topic} failed: {retriable[0].str()}", retriable=True)
+        stopping = [err for err in failed.values() if err.code() in STOPS]
+        if stopping:
+            raise SinkError(f"Kafka refuses messages to {self.topic}: {stopping[0].str()}")
+        transient = [err for err in failed.values() if err.code() not in PER_MESSAGE]
+        if transient:
+            raise SinkError(f"{len(transient)} messages to {self.topic} failed: {transient[0].str()}", retriable=True)
         return sorted((i, f"Kafka refused it: {err.str()}") for i, err in failed.items())
 
     def flush(self) -> None:

@@ -18,6 +18,7 @@ dataset has the same columns, whatever subset its rows use.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from producer.consumer.mapping import Formatter, Origin, sample_records
 from producer.errors import SinkError
 
 Partition = tuple[str, str]
+log = logging.getLogger(__name__)
 
 
 def schema_for(formatter: Formatter) -> pa.Schema:
@@ -59,6 +61,9 @@ class ParquetSink:
             raise SinkError(f"cannot create {directory}: {exc.strerror}") from exc
 
     def write(self, events: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+        """Buffer the events as Arrow; files that reach ``file_rows`` are written now, and a
+        failure to write one leaves its rows buffered for ``flush`` (which raises it): a retried
+        ``write`` would buffer the same rows twice."""
         groups: dict[Partition, list[dict[str, Any]]] = {}
         for e in events:
             groups.setdefault(self._partition(e), []).append(e)
@@ -71,7 +76,10 @@ class ParquetSink:
                 self._pending.setdefault(key, []).append(pa.RecordBatch.from_pylist(part, schema=self.schema))
                 self._rows[key] = self._rows.get(key, 0) + len(part)
                 if self._rows[key] >= self._file_rows:
-                    self._write_file(key)
+                    try:
+                        self._write_file(key)
+                    except SinkError as exc:
+                        log.warning("%s (kept for the next flush)", exc)
         return []
 
     def _write_file(self, key: Partition) -> None:
