@@ -1,4 +1,5 @@
-"""The one compiled part of hdrlog: the fast-path Avro encoder (producer/serialize/_fastpath.c).
+"""The compiled parts of hdrlog: the agent's fast-path Avro encoder (producer/serialize/_fastpath.c)
+and the consumer's Avro reader (producer/consumer/_reader.c).
 
 Everything else is in pyproject.toml; setuptools builds the extension on `pip install`
 (gcc and python3-dev come from scripts/setup.sh).
@@ -6,5 +7,7 @@ Everything else is in pyproject.toml; setuptools builds the extension on `pip in
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("producer.serialize._fastpath", ["producer/serialize/_fastpath.c"],
-                             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror", "-std=c11"])])
+FLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=c11"]
+
+setup(ext_modules=[Extension("producer.serialize._fastpath", ["producer/serialize/_fastpath.c"], extra_compile_args=FLAGS),
+                   Extension("producer.consumer._reader", ["producer/consumer/_reader.c"], extra_compile_args=FLAGS)])

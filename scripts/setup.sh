@@ -64,8 +64,9 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; 
   rm -rf .venv
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-# re-install when the project's definition or the compiled encoder's source changes
-stamp=.venv/.installed-$(cat pyproject.toml setup.py producer/serialize/_fastpath.c | sha256sum | cut -c1-16)
+# re-install when the project's definition or a compiled module's source changes
+stamp=.venv/.installed-$(cat pyproject.toml setup.py producer/serialize/_fastpath.c producer/consumer/_reader.c \
+  | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[dev]'

@@ -174,6 +174,19 @@ def test_buffer_drop_newest_counts_what_it_refuses(new_buffer: Any) -> None:
     assert [buf.take(0)[1].payload[0] for _ in range(2)] == [0, 1]  # type: ignore[index]
 
 
+def test_buffer_drop_newest_keeps_an_unbroken_oldest_run(new_buffer: Any) -> None:
+    tel = Telemetry()
+    buf = new_buffer(250, "drop_newest", tel)
+    assert buf.put(_entry(1, size=200, tag=0))
+    assert buf.put(_entry(1, size=100, tag=1))  # does not fit: refused
+    assert buf.put(_entry(1, size=20, tag=2))   # would fit, but a gap would open before it: refused too
+    assert buf.state().entries == 1 and tel.get(Drop.BUFFER_FULL) == 2
+    taken = buf.take(0)
+    assert taken is not None
+    buf.ack([taken[0]])                         # the broker acknowledged: room again
+    assert buf.put(_entry(1, size=20, tag=3)) and buf.state().entries == 1
+
+
 def test_buffer_drop_oldest_evicts_only_what_is_not_being_sent(new_buffer: Any) -> None:
     tel = Telemetry()
     buf = new_buffer(300, "drop_oldest", tel)

@@ -14,7 +14,9 @@ host's order holds.
 
 Policies, each counted (telemetry/events.py):
     block        ``put`` waits for room (backpressure back to the ring buffer)
-    drop_newest  a ``put`` that does not fit is refused: Drop.BUFFER_FULL
+    drop_newest  a ``put`` that does not fit is refused: Drop.BUFFER_FULL; and so is every later one
+                 until an acknowledgement frees room, so what is kept is an unbroken run of the
+                 oldest (a smaller later entry never slips into the gap a larger one left)
     drop_oldest  the oldest entries not yet handed out are evicted: Drop.BUFFER_EVICTED
 An entry larger than the whole cap can never fit and is refused under every
 policy (Drop.BUFFER_FULL).  A store that runs out of room before the cap (a
@@ -99,6 +101,7 @@ class Buffer:
         self._bytes = 0
         self._records = 0
         self._closed = False
+        self._refusing = False  # drop_newest refused an entry: refuse all until room is freed
         for s in store.existing():
             self._index(s)
         if self._entries:
@@ -114,6 +117,7 @@ class Buffer:
     def _unindex(self, entry_id: int) -> Stored | None:
         s = self._entries.pop(entry_id, None)
         if s is not None:
+            self._refusing = False
             self._bytes -= s.size
             self._records -= s.records
             self._handed.discard(entry_id)
@@ -131,6 +135,10 @@ class Buffer:
                                f"an entry of {size} bytes is larger than the {self.kind} buffer's cap {self._cap}")
                 return True
             while True:
+                if self._refusing and self._policy == "drop_newest":
+                    self._tel.drop(Drop.BUFFER_FULL, entry.records,
+                                   f"the {self.kind} buffer is full (refusing until the broker acknowledges)")
+                    return True
                 if self._bytes + size <= self._cap:
                     try:
                         self._append(entry)
@@ -140,6 +148,7 @@ class Buffer:
                 else:
                     full_reason = f"{self._bytes} of {self._cap} bytes used"
                 if self._policy == "drop_newest":
+                    self._refusing = True
                     self._tel.drop(Drop.BUFFER_FULL, entry.records, f"the {self.kind} buffer is full ({full_reason})")
                     return True
                 if self._policy == "drop_oldest" and not self._store.stuck() and self._evict_for(size):
