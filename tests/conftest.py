@@ -63,31 +63,29 @@ def stack() -> Any:
     return settings
 
 
-@pytest.fixture(scope="module")
-def opensearch(stack: Any) -> Iterator[str]:
-    """A real OpenSearch node (``hdrlog stack up --opensearch``); its URL.  Stopped after the module
-    if this fixture started it: its JVM (and Connect's) must not load the timing-sensitive tests after."""
+def _optional_service(stack: Any, name: str) -> Iterator[str]:
+    """``hdrlog stack up --<name>`` for a test module; stopped after it if this started it: its JVM
+    must not load the timing-sensitive tests that follow."""
     from producer.devstack import LocalStack
 
     local = LocalStack(stack)
-    before = local.status().opensearch
-    local.up(with_opensearch=True)
-    yield str(stack.opensearch_url)
+    before = getattr(local.status(), name)
+    local.up(**{f"with_{name}": True})
+    yield str(getattr(stack, f"{name}_url"))
     if before is None or not before.running:
-        local.stop_optional(opensearch_too=True)
+        local.stop_optional(**{f"{name}_too": True})
+
+
+@pytest.fixture(scope="module")
+def opensearch(stack: Any) -> Iterator[str]:
+    """A real OpenSearch node; its URL."""
+    yield from _optional_service(stack, "opensearch")
 
 
 @pytest.fixture(scope="module")
 def connect(stack: Any) -> Iterator[str]:
-    """A real Kafka Connect worker (``hdrlog stack up --connect``); its REST URL (stopped as above)."""
-    from producer.devstack import LocalStack
-
-    local = LocalStack(stack)
-    before = local.status().connect
-    local.up(with_connect=True)
-    yield str(stack.connect_url)
-    if before is None or not before.running:
-        local.stop_optional(connect_too=True)
+    """A real Kafka Connect worker; its REST URL."""
+    yield from _optional_service(stack, "connect")
 
 
 @pytest.fixture

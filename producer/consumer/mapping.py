@@ -79,12 +79,6 @@ def flow_hash(record: dict[str, Any]) -> str | None:
     return community_id(proto, src, dst, record.get("src_port"), record.get("dst_port"))
 
 
-def iso_time(ns: int) -> str:
-    """RFC 3339 UTC with nanoseconds (ES `date` keeps ms, `date_nanos` all of it)."""
-    seconds, frac = divmod(int(ns), 1_000_000_000)
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:09d}Z"
-
-
 def ip_text(raw: bytes | None) -> str | None:
     """An address as text; bytes of another length than 4 or 16 are not an address (a MappingError)."""
     if raw is None:
@@ -130,7 +124,7 @@ class Texts:
         return text
 
     def time(self, ns: int) -> str:
-        """RFC 3339 UTC with nanoseconds, as ``iso_time``."""
+        """RFC 3339 UTC with nanoseconds (ES `date` keeps ms, `date_nanos` all of it)."""
         seconds, frac = divmod(int(ns), 1_000_000_000)
         head = self._sec.get(seconds)
         if head is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -141,7 +142,7 @@ class Runner:
 
     def _retrying(self, what: str) -> Callable[[BaseException, float], None]:
         def note(exc: BaseException, sleep: float) -> None:
-            self.telemetry.add(CStat.SINK_RETRIES)
+            self.telemetry.add(CStat.RETRIES)
             log.warning("%s failed, retrying in %.1f s: %s", what, sleep, exc)
         return note
 
@@ -267,6 +268,7 @@ class Runner:
             return True
         if err.fatal():
             raise BrokerError(f"consuming {self.opts.topic}: {err.str()}")
+        self.telemetry.add(CStat.CONSUME_ERRORS)
         log.warning("consuming %s: %s", self.opts.topic, err.str())
         return True
 
@@ -278,7 +280,8 @@ class Runner:
         """
         tel = self.telemetry
         events: list[dict[str, Any]] = []
-        owners: list[tuple[Message, int]] = []
+        owners: list[Message] = []  # the messages whose events are in `events`, and where each one's start
+        starts: list[int] = []
         marks: list[Message] = []
         good = 0
         for msg in msgs:
@@ -293,8 +296,7 @@ class Runner:
                                      on_retry=self._retrying("schema lookup"))
             except PoisonMessage as exc:
                 reason = Poison(exc.reason)
-                tel.dead_letter(reason, where, str(exc))
-                tel.add(CStat.MESSAGES_DEAD_LETTERED)
+                tel.dead_letter(reason, where, str(exc), message=True)
                 dlq.send(msg, reason, exc, "producer.consumer.decoding.MessageDecoder")
                 marks.append(msg)
                 continue
@@ -302,21 +304,20 @@ class Runner:
             try:
                 mapped = self.formatter.events(records, origin)
             except MappingError as exc:
-                tel.dead_letter(Poison.MAPPING_ERROR, where, str(exc))
-                tel.add(CStat.MESSAGES_DEAD_LETTERED)
-                tel.add(CStat.RECORDS_DEAD_LETTERED, len(records))
+                tel.dead_letter(Poison.MAPPING_ERROR, where, str(exc), message=True, records=len(records))
                 dlq.send(msg, Poison.MAPPING_ERROR, exc, type(self.formatter).__module__ + "."
                          + type(self.formatter).__qualname__)
                 marks.append(msg)
                 continue
+            owners.append(msg)
+            starts.append(len(events))
             events.extend(mapped)
-            owners.extend((msg, i) for i in range(len(mapped)))
             marks.append(msg)
             good += 1
         if events:
             rejected = with_retry(lambda: self.sink.write(events), deadline_s=self.opts.retry_deadline_s,
                                   on_retry=self._retrying(f"{self.sink.name} write"))
-            self._dead_letter_refused(rejected, owners, dlq)
+            self._dead_letter_refused(rejected, owners, starts, dlq)
             self._unacked_events += len(events) - len(rejected)
         self._unacked_messages += good
         for msg in marks:
@@ -324,15 +325,16 @@ class Runner:
                 self._pending[msg.partition() or 0] = (msg.offset() or 0) + 1
         return len(events)
 
-    def _dead_letter_refused(self, rejected: list[tuple[int, str]], owners: list[tuple[Message, int]],
+    def _dead_letter_refused(self, rejected: list[tuple[int, str]], owners: list[Message], starts: list[int],
                              dlq: DeadLetters) -> None:
         """One dead letter per message with records the sink refused for good, naming them all."""
         tel = self.telemetry
         by_message: dict[int, tuple[Message, list[int], list[str]]] = {}
         for index, why in rejected:
-            msg, i = owners[index]
-            tel.dead_letter(Poison.SINK_REJECTED, f"{msg.topic()}[{msg.partition()}]@{msg.offset()} record {i}", why)
-            tel.add(CStat.RECORDS_DEAD_LETTERED)
+            k = bisect_right(starts, index) - 1
+            msg, i = owners[k], index - starts[k]
+            tel.dead_letter(Poison.SINK_REJECTED, f"{msg.topic()}[{msg.partition()}]@{msg.offset()} record {i}", why,
+                            records=1)
             entry = by_message.setdefault(id(msg), (msg, [], []))
             entry[1].append(i)
             entry[2].append(why)

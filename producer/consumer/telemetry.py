@@ -33,7 +33,8 @@ class CStat(StrEnum):
     RECORDS_DEAD_LETTERED = "records_dead_lettered"  # refused for good by the sink (message in the DLQ)
     COMMITS = "commits"
     COMMIT_FAILURES = "commit_failures"
-    SINK_RETRIES = "sink_retries"
+    RETRIES = "retries"                              # a registry or sink call retried after a transient failure
+    CONSUME_ERRORS = "consume_errors"                # non-fatal errors librdkafka reported while consuming
     REBALANCES = "rebalances"
 
 
@@ -61,9 +62,13 @@ class ConsumerTelemetry:
         with self._lock:
             self._counts[stat] += n
 
-    def dead_letter(self, reason: Poison, where: str, why: str) -> None:
+    def dead_letter(self, reason: Poison, where: str, why: str, *, message: bool = False, records: int = 0) -> None:
+        """One dead letter: its reason, and the message (``message``) and/or ``records`` it takes
+        out of the written counts; counted and logged in one call."""
         with self._lock:
             self._poison[reason] += 1
+            self._counts[CStat.MESSAGES_DEAD_LETTERED] += int(message)
+            self._counts[CStat.RECORDS_DEAD_LETTERED] += records
         log.warning("dead-lettered %s (%s): %s", where, reason.value, why)
 
     def set_lag(self, lag: Mapping[int, int]) -> None:

@@ -330,10 +330,7 @@ class LocalStack:
             wanted += [("the schema registry", s.registry_port),
                        ("the schema registry's management interface", s.registry_management_port)]
         for what, port in wanted:
-            holder = port_holder(port)
-            if holder is not None:
-                raise StackError(f"port {port} (for {what}) is already taken by {holder}; stop it or choose "
-                                 f"another port (HDRLOG_STACK_*_PORT)")
+            self._free(port, what)
         kafka_java = None if st.kafka.running else jvm.find_java(17, purpose="Kafka")
         registry_java = None if st.registry.running else jvm.find_java(
             21, prefer=s.java21, purpose=f"Apicurio Registry {s.apicurio_version}")
