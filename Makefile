@@ -29,7 +29,7 @@ bench: setup
 	$(VENV)/bin/hdrlog bench --update BENCHMARKS.md
 
 ## bench-consumer: hdrlog consume into each sink, beside a Kafka Connect worker, one vs two members
-## (about 10 minutes); writes benchmarks/results/consumer.* and the consumer section of BENCHMARKS.md
+## (about 15 minutes); writes benchmarks/results/consumer.* and the consumer section of BENCHMARKS.md
 bench-consumer: setup
 	$(VENV)/bin/hdrlog stack up --opensearch --connect
 	$(VENV)/bin/hdrlog bench --consumer --update BENCHMARKS.md

@@ -10,4 +10,6 @@ from setuptools import Extension, setup
 FLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=c11"]
 
 setup(ext_modules=[Extension("producer.serialize._fastpath", ["producer/serialize/_fastpath.c"], extra_compile_args=FLAGS),
-                   Extension("producer.consumer._reader", ["producer/consumer/_reader.c"], extra_compile_args=FLAGS)])
+                   Extension("producer.consumer._reader", ["producer/consumer/_reader.c"], extra_compile_args=FLAGS),
+                   Extension("producer.consumer._render", ["producer/consumer/_render.c"], extra_compile_args=FLAGS,
+                             libraries=["crypto"])])

@@ -15,6 +15,7 @@ DEB_PACKAGES=(
   maven                # fetches Kafka and Apicurio from Maven Central
   openjdk-17-jre-headless
   gcc python3-dev      # the compiled fast path (producer/serialize/_fastpath.c) and the benchmark's sender
+  libssl-dev           # the consumer's renderer hashes with libcrypto (producer/consumer/_render.c)
   tshark kcat pmacct   # the tools `hdrlog bench` measures the agent against
   python3-matplotlib   # the benchmark's chart
 )
@@ -65,7 +66,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; 
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 # re-install when the project's definition or a compiled module's source changes
-stamp=.venv/.installed-$(cat pyproject.toml setup.py producer/serialize/_fastpath.c producer/consumer/_reader.c \
+stamp=.venv/.installed-$(cat pyproject.toml setup.py producer/serialize/_fastpath.c producer/consumer/_reader.c producer/consumer/_render.c \
   | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip

@@ -17,8 +17,12 @@
  *                 the items -> vals[column + 1 ...]; a longer array is an error
  *                 (the caller falls back to fastavro)
  *
+ * A caller may ask for row-major columns instead (record i's values side by side: the writes of a
+ * record then fall on consecutive cache lines, which the prefetcher follows; the caller transposes).
+ *
  * null_branch >= 0: the field is a two-branch union with "null" at that index;
- * present[column] says which branch was written.  vals and present are
+ * present[column] says which branch was written (it is left alone for any other
+ * field: the caller knows those are always there).  vals and present are
  * column-major: column c of record i is at [c * stride + i].
  *
  * Input is untrusted (it comes from Kafka): every read is bounds-checked and
@@ -56,10 +60,12 @@ static inline int64_t zz(cursor *c)
 	return 0;
 }
 
-/* One record at c->pos into slot `i` of the columns (stride `stride`). */
+/* One record at c->pos into slot `i` of the columns (stride `stride`); row-major: slot i is row i of
+ * an [stride, n_cols] matrix instead. */
 static int read_record(cursor *c, const int64_t *prog, Py_ssize_t n_ins, int64_t *vals, uint8_t *present,
-		       Py_ssize_t n_cols, Py_ssize_t stride, Py_ssize_t i)
+		       Py_ssize_t n_cols, Py_ssize_t stride, Py_ssize_t i, int row_major)
 {
+#define AT(col) (row_major ? i * n_cols + (col) : (col) * stride + i)
 	for (Py_ssize_t k = 0; k < n_ins; k++) {
 		const int64_t *ins = prog + k * I_SIZE;
 		int64_t op = ins[I_OP], col = ins[I_COL], arg = ins[I_ARG], nb = ins[I_NULL];
@@ -73,9 +79,9 @@ static int read_record(cursor *c, const int64_t *prog, Py_ssize_t n_ins, int64_t
 			if (c->error)
 				return -1;
 			if (branch == nb) {
-				present[col * stride + i] = 0;
+				present[AT(col)] = 0;
 				for (int64_t w = 0; w < width; w++)
-					vals[(col + w) * stride + i] = 0;
+					vals[AT(col + w)] = 0;
 				continue;
 			}
 			if (branch != 1 - nb) {
@@ -83,10 +89,11 @@ static int read_record(cursor *c, const int64_t *prog, Py_ssize_t n_ins, int64_t
 				return -1;
 			}
 		}
-		present[col * stride + i] = 1;
+		if (nb >= 0)
+			present[AT(col)] = 1;
 		switch (op) {
 		case R_LONG:
-			vals[col * stride + i] = zz(c);
+			vals[AT(col)] = zz(c);
 			break;
 		case R_BOOL:
 			if (c->pos >= c->end) {
@@ -97,7 +104,7 @@ static int read_record(cursor *c, const int64_t *prog, Py_ssize_t n_ins, int64_t
 				c->error = "boolean byte not 0 or 1";
 				return -1;
 			}
-			vals[col * stride + i] = c->buf[c->pos++];
+			vals[AT(col)] = c->buf[c->pos++];
 			break;
 		case R_BYTES: {
 			int64_t len = zz(c);
@@ -107,8 +114,8 @@ static int read_record(cursor *c, const int64_t *prog, Py_ssize_t n_ins, int64_t
 				c->error = "bytes or string length beyond the buffer";
 				return -1;
 			}
-			vals[col * stride + i] = c->pos;
-			vals[(col + 1) * stride + i] = len;
+			vals[AT(col)] = c->pos;
+			vals[AT(col + 1)] = len;
 			c->pos += len;
 			break;
 		}
@@ -117,7 +124,7 @@ static int read_record(cursor *c, const int64_t *prog, Py_ssize_t n_ins, int64_t
 				c->error = "truncated fixed";
 				return -1;
 			}
-			vals[col * stride + i] = c->pos;
+			vals[AT(col)] = c->pos;
 			c->pos += arg;
 			break;
 		case R_ARRAY_LONG: {
@@ -139,15 +146,15 @@ static int read_record(cursor *c, const int64_t *prog, Py_ssize_t n_ins, int64_t
 					return -1;
 				}
 				for (int64_t j = 0; j < count; j++) {
-					vals[(col + 1 + total) * stride + i] = zz(c);
+					vals[AT(col + 1 + total)] = zz(c);
 					total++;
 				}
 				if (c->error)
 					return -1;
 			}
 			for (int64_t j = total; j < arg; j++)
-				vals[(col + 1 + j) * stride + i] = 0;
-			vals[col * stride + i] = total;
+				vals[AT(col + 1 + j)] = 0;
+			vals[AT(col)] = total;
 			break;
 		}
 		default:
@@ -158,6 +165,7 @@ static int read_record(cursor *c, const int64_t *prog, Py_ssize_t n_ins, int64_t
 			return -1;
 	}
 	return 0;
+#undef AT
 }
 
 static int check(Py_buffer *prog, Py_buffer *vals, Py_buffer *present, Py_ssize_t stride, Py_ssize_t *n_ins,
@@ -174,31 +182,33 @@ static int check(Py_buffer *prog, Py_buffer *vals, Py_buffer *present, Py_ssize_
 	return 0;
 }
 
-/* read_records(buf, bounds, program, vals, present, stride) -> None
- * Record i is the bytes bounds[i] .. bounds[i + 1] (len(bounds) == stride + 1): each must be read whole. */
-static PyObject *read_records(PyObject *self, PyObject *args)
+/* read_spans(buf, starts, ends, program, vals, present, stride[, row_major]) -> None
+ * Record i is the bytes starts[i] .. ends[i] (stride of each): each must be read whole. */
+static PyObject *read_spans(PyObject *self, PyObject *args)
 {
-	Py_buffer buf = {0}, bounds = {0}, prog = {0}, vals = {0}, present = {0};
+	Py_buffer buf = {0}, starts = {0}, ends = {0}, prog = {0}, vals = {0}, present = {0};
 	Py_ssize_t stride, n_ins, n_cols;
+	int row_major = 0;
 	PyObject *result = NULL;
 	(void)self;
-	if (!PyArg_ParseTuple(args, "y*y*y*w*w*n", &buf, &bounds, &prog, &vals, &present, &stride))
+	if (!PyArg_ParseTuple(args, "y*y*y*y*w*w*n|p", &buf, &starts, &ends, &prog, &vals, &present, &stride,
+			      &row_major))
 		return NULL;
 	if (check(&prog, &vals, &present, stride, &n_ins, &n_cols) < 0)
 		goto out;
-	if (bounds.len != (stride + 1) * (Py_ssize_t)sizeof(int64_t)) {
-		PyErr_SetString(PyExc_ValueError, "reader: bounds do not match the columns");
+	if (starts.len != stride * (Py_ssize_t)sizeof(int64_t) || ends.len != starts.len) {
+		PyErr_SetString(PyExc_ValueError, "reader: spans do not match the columns");
 		goto out;
 	}
-	const int64_t *b = (const int64_t *)bounds.buf;
+	const int64_t *lo = (const int64_t *)starts.buf, *hi = (const int64_t *)ends.buf;
 	for (Py_ssize_t i = 0; i < stride; i++) {
-		if (b[i] < 0 || b[i] > b[i + 1] || b[i + 1] > buf.len) {
-			PyErr_SetString(PyExc_ValueError, "reader: bounds outside the buffer");
+		if (lo[i] < 0 || lo[i] > hi[i] || hi[i] > buf.len) {
+			PyErr_SetString(PyExc_ValueError, "reader: a span outside the buffer");
 			goto out;
 		}
-		cursor c = {(const uint8_t *)buf.buf, b[i], b[i + 1], NULL};
+		cursor c = {(const uint8_t *)buf.buf, lo[i], hi[i], NULL};
 		if (read_record(&c, (const int64_t *)prog.buf, n_ins, (int64_t *)vals.buf, (uint8_t *)present.buf,
-				n_cols, stride, i) < 0 || c.pos != c.end) {
+				n_cols, stride, i, row_major) < 0 || c.pos != c.end) {
 			PyErr_Format(PyExc_ValueError, "record %zd: %s", i, c.error ? c.error : "bytes left after the record");
 			goto out;
 		}
@@ -206,7 +216,8 @@ static PyObject *read_records(PyObject *self, PyObject *args)
 	result = Py_NewRef(Py_None);
 out:
 	PyBuffer_Release(&buf);
-	PyBuffer_Release(&bounds);
+	PyBuffer_Release(&starts);
+	PyBuffer_Release(&ends);
 	PyBuffer_Release(&prog);
 	PyBuffer_Release(&vals);
 	PyBuffer_Release(&present);
@@ -230,7 +241,7 @@ static PyObject *read_one(PyObject *self, PyObject *args)
 	}
 	cursor c = {(const uint8_t *)buf.buf, offset, buf.len, NULL};
 	if (read_record(&c, (const int64_t *)prog.buf, n_ins, (int64_t *)vals.buf, (uint8_t *)present.buf, n_cols, 1,
-			0) < 0) {
+			0, 0) < 0) {
 		PyErr_SetString(PyExc_ValueError, c.error);
 		goto out;
 	}
@@ -243,18 +254,25 @@ out:
 	return result;
 }
 
-/* read_array(buf, offset, program, vals, present, stride) -> (count, end): an Avro array of records,
- * at most `stride` of them. */
+/* read_array(buf, offset, program, vals, present, stride[, first[, row_major]]) -> (count, end): an Avro
+ * array of records into the slots from `first` on, at most `stride - first` of them. */
 static PyObject *read_array(PyObject *self, PyObject *args)
 {
 	Py_buffer buf = {0}, prog = {0}, vals = {0}, present = {0};
-	Py_ssize_t offset, stride, n_ins, n_cols, n = 0;
+	Py_ssize_t offset, stride, n_ins, n_cols, first = 0, n;
+	int row_major = 0;
 	PyObject *result = NULL;
 	(void)self;
-	if (!PyArg_ParseTuple(args, "y*ny*w*w*n", &buf, &offset, &prog, &vals, &present, &stride))
+	if (!PyArg_ParseTuple(args, "y*ny*w*w*n|np", &buf, &offset, &prog, &vals, &present, &stride, &first,
+			      &row_major))
 		return NULL;
 	if (check(&prog, &vals, &present, stride, &n_ins, &n_cols) < 0)
 		goto out;
+	if (first < 0 || first > stride) {
+		PyErr_SetString(PyExc_ValueError, "reader: first slot outside the columns");
+		goto out;
+	}
+	n = first;
 	if (offset < 0 || offset > buf.len) {
 		PyErr_SetString(PyExc_ValueError, "reader: offset outside the buffer");
 		goto out;
@@ -278,16 +296,16 @@ static PyObject *read_array(PyObject *self, PyObject *args)
 		}
 		for (int64_t j = 0; j < count; j++, n++)
 			if (read_record(&c, (const int64_t *)prog.buf, n_ins, (int64_t *)vals.buf, (uint8_t *)present.buf,
-					n_cols, stride, n) < 0)
+					n_cols, stride, n, row_major) < 0)
 				break;
 		if (c.error)
 			break;
 	}
 	if (c.error) {
-		PyErr_Format(PyExc_ValueError, "record %zd: %s", n, c.error);
+		PyErr_Format(PyExc_ValueError, "record %zd: %s", n - first, c.error);
 		goto out;
 	}
-	result = Py_BuildValue("nn", n, c.pos);
+	result = Py_BuildValue("nn", n - first, c.pos);
 out:
 	PyBuffer_Release(&buf);
 	PyBuffer_Release(&prog);
@@ -297,7 +315,7 @@ out:
 }
 
 static PyMethodDef methods[] = {
-	{"read_records", read_records, METH_VARARGS, "read one record per bounds span into columns"},
+	{"read_spans", read_spans, METH_VARARGS, "read one record per span (start, end) into columns"},
 	{"read_one", read_one, METH_VARARGS, "read one record from an offset into columns; returns its end"},
 	{"read_array", read_array, METH_VARARGS, "read an Avro array of records into columns; returns (count, end)"},
 	{NULL, NULL, 0, NULL},

@@ -43,6 +43,7 @@ class SinkOptions:
     file_keep: int = 0
     parquet_file_rows: int = 1_000_000
     parquet_row_group_rows: int = 128 * 1024
+    parquet_compression: str = "zstd"
     index: str = "hdrlog-{format}-{date}"   # _bulk: the index ({date}: the event's UTC date, YYYY.MM.DD)
     hec_index: str = ""                     # HEC: the Splunk index (empty: the token's default)
     http: HttpOptions = field(default_factory=HttpOptions)
@@ -84,7 +85,7 @@ def sink(spec: str, fmt: str, opts: SinkOptions | None = None) -> Sink:
         return FileSink(Path(target), prefix=f"hdrlog-{fmt}", max_bytes=opts.file_max_bytes, keep=opts.file_keep)
     if kind == "parquet":
         return ParquetSink(Path(target), f, f.partition, file_rows=opts.parquet_file_rows,
-                           row_group_rows=opts.parquet_row_group_rows)
+                           row_group_rows=opts.parquet_row_group_rows, compression=opts.parquet_compression)
     if kind in ("opensearch", "elasticsearch"):
         return BulkSink(target, f, opts.index.replace("{format}", fmt), opts.http)
     if kind == "hec":

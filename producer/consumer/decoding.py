@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import fastavro
 
-from producer.consumer.reader import CompiledReader
+from producer.consumer.reader import Columns, CompiledReader
 from producer.consumer.telemetry import Poison
 from producer.errors import PoisonMessage, RegistryError, SerializationError
 from producer.serialize.avro import parse_frame
@@ -33,12 +34,23 @@ HEADER_SCHEMAS = ("HeaderBatch", "HeaderRecord")
 SCHEMA_NOT_FOUND = 40403  # the Confluent API's error code (Apicurio's ccompat API answers the same)
 
 
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """What a header message's 5-byte Confluent header says: its schema, and the compiled reader
+    that reads many such messages into columns at once (None: fastavro reads them one by one)."""
+
+    schema_id: int
+    name: str
+    reader: CompiledReader | None
+
+
 class MessageDecoder:
     def __init__(self, registry: Registry, *, compiled: bool = True) -> None:
         self._registry = registry
         self._compiled = compiled
         self._schemas: dict[int, tuple[str, Any]] = {}
         self._readers: dict[int, CompiledReader | None] = {}
+        self._columnar: dict[int, CompiledReader | None] = {}
         self._unknown: set[int] = set()  # ids the registry said it does not have (bounded)
 
     def _schema(self, schema_id: int) -> tuple[str, Any]:
@@ -68,7 +80,29 @@ class MessageDecoder:
             # batch shape (thousands of records a call), not for one record a message
             compiled = CompiledReader.compile(raw) if self._compiled else None
             self._readers[schema_id] = compiled if compiled is not None and compiled.items is not None else None
+            self._columnar[schema_id] = compiled
         return found
+
+    def frame(self, value: bytes) -> Frame:
+        """The frame of a header message (PoisonMessage for any other; RegistryError: retry)."""
+        try:
+            schema_id, _body = parse_frame(value)
+        except SerializationError as exc:
+            raise PoisonMessage(str(exc), Poison.BAD_MAGIC) from exc
+        name, _parsed = self._schema(schema_id)
+        if name not in HEADER_SCHEMAS:
+            raise PoisonMessage(f"schema id {schema_id} is {name or 'unnamed'}, not a header record schema",
+                                Poison.WRONG_SCHEMA)
+        return Frame(schema_id, name, self._columnar.get(schema_id))
+
+    @staticmethod
+    def columns(frame: Frame, values: list[bytes]) -> Columns:
+        """The records of messages of one frame (with a reader) as columns: a HeaderBatch's shared
+        fields repeated for each of its records.  ValueError if the reader refuses any of them
+        (``records``, message by message, then decides)."""
+        if frame.reader is None:
+            raise ValueError(f"schema id {frame.schema_id} has no compiled reader")
+        return frame.reader.columns(values, BATCH_FIELDS if frame.name == "HeaderBatch" else (), skip=5)
 
     def decode(self, value: bytes) -> tuple[str, dict[str, Any]]:
         """(schema name, the datum as written), of any record schema (AgentStats too)."""
@@ -103,11 +137,7 @@ class MessageDecoder:
 
     def records(self, value: bytes) -> list[dict[str, Any]]:
         """The header records of a HeaderBatch or HeaderRecord message; any other schema is poison here."""
-        if len(value) >= 5 and value[0] == 0:
-            name, _parsed = self._schema(int.from_bytes(value[1:5], "big"))
-            if name not in HEADER_SCHEMAS:
-                raise PoisonMessage(f"schema id {int.from_bytes(value[1:5], 'big')} is {name or 'unnamed'}, "
-                                    "not a header record schema", Poison.WRONG_SCHEMA)
+        self.frame(value)
         name, datum, carried = self._decode(value, BATCH_FIELDS)
         try:
             if name == "HeaderBatch":

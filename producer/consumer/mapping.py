@@ -51,12 +51,12 @@ class Origin:
 
 
 def event_id(record: dict[str, Any], origin: Origin, index: int) -> str:
-    """A 32-hex-digit id from the record's identity (module docstring)."""
+    """A 32-hex-digit id from the record's identity: the first 16 bytes of its SHA-256 (module docstring)."""
     if record.get("capture_id") is not None:
         key = f"{record['host_id']}\x00{record['capture_id']}\x00{record['capture_cpu']}\x00{record['capture_seq']}"
     else:
         key = f"kafka\x00{origin.topic}\x00{origin.partition}\x00{origin.offset}\x00{index}"
-    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def wire_counts(record: dict[str, Any]) -> tuple[int, int]:
@@ -170,6 +170,20 @@ def prune(doc: dict[str, Any]) -> dict[str, Any]:
             continue
         out[k] = v
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class ParquetHints:
+    """What a format tells the Parquet writer about its fields (dotted paths).
+
+    ``unique``: fields that differ in (nearly) every event -- times, ids, sequence numbers: no
+    dictionary encoding (it only pays for the attempt), and integers delta-encoded.
+    ``string_stats``: the string fields that get min/max statistics (None: every one); a time
+    in RFC 3339 sorts as text, so its statistics let a reader skip row groups, while those of
+    addresses or ids cost ~20% of the write and prune nothing."""
+
+    unique: tuple[str, ...] = ()
+    string_stats: tuple[str, ...] | None = None
 
 
 class Formatter(Protocol):

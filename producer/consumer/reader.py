@@ -12,8 +12,10 @@ such as a longer array).  fastavro is the reference: tests/test_reader.py
 requires the same records on thousands of random ones, and a malformed body
 must never crash the reader.
 
-Today the columns become the same dicts fastavro would give; they are what the
-columnar path (docs/architecture.md, "Next stages") will map without a dict.
+``read`` turns the columns into the dicts fastavro would give; ``columns``
+reads the bodies of many messages into one ``Columns`` (a batch's envelope
+repeated for each of its records), which the columnar formats (render.py) map
+without a dict.
 """
 
 from __future__ import annotations
@@ -49,10 +51,18 @@ class Program:
     def __init__(self, fields: list[Field]) -> None:
         self.fields = fields
         self.columns = sum(_WIDTH[f.op] for f in fields)
+        self.always = [f.column for f in fields if f.null_branch < 0]  # never null: `present` is not read
+        # the fewest bytes a record takes: a byte a field (a union's branch, a length, a count),
+        # a fixed field its size
+        self.min_size = max(1, sum(f.arg if f.op == R_FIXED and f.null_branch < 0 else 1 for f in fields))
         self.code = np.array([[f.op, f.column, f.arg, f.null_branch] for f in fields], dtype=np.int64).reshape(-1)
 
     def empty(self, n: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
-        return np.zeros((self.columns, n), dtype=np.int64), np.zeros((self.columns, n), dtype=np.uint8)
+        """Columns for n records; ``present`` is 1 for the fields that are not unions with null
+        (the reader writes it only for those that are)."""
+        present = np.zeros((self.columns, n), dtype=np.uint8)
+        present[self.always] = 1
+        return np.zeros((self.columns, n), dtype=np.int64), present
 
     def values(self, buf: bytes, vals: npt.NDArray[np.int64], present: npt.NDArray[np.uint8],
                n: int) -> list[list[Any]]:
@@ -153,6 +163,43 @@ def _program(record: dict[str, Any], named: dict[str, Any], skip: str | None = N
     return Program(fields)
 
 
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """The records of some messages as columns: ``vals``/``present`` are [column, row]; a bytes,
+    string or fixed field's offsets point into ``buf``; ``starts[k]`` is the first row of message
+    k (``starts[-1] == n``)."""
+
+    buf: bytes
+    n: int
+    vals: npt.NDArray[np.int64]
+    present: npt.NDArray[np.uint8]
+    fields: dict[str, Field]
+    starts: npt.NDArray[np.int64]
+    names: tuple[str, ...]  # a record's keys, in the order the dict path has them
+
+    def long(self, name: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+        """(values, present) of an int, long, enum or boolean field, or of a bytes field's offsets."""
+        c = self.fields[name].column
+        return self.vals[c, :self.n], self.present[c, :self.n]
+
+    def span(self, name: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+        """(offsets, lengths, present) of a bytes or string field."""
+        c = self.fields[name].column
+        return self.vals[c, :self.n], self.vals[c + 1, :self.n], self.present[c, :self.n]
+
+    def item(self, name: str, k: int) -> npt.NDArray[np.int64]:
+        """Item ``k`` of an array field (0 where the array is shorter)."""
+        c = self.fields[name].column
+        return self.vals[c + 1 + k, :self.n]
+
+    def records(self, k: int) -> list[dict[str, Any]]:
+        """The records of message k as dicts (what the dict path maps)."""
+        lo, hi = int(self.starts[k]), int(self.starts[k + 1])
+        program = Program([self.fields[name] for name in self.names])
+        values = program.values(self.buf, self.vals[:, lo:hi], self.present[:, lo:hi], hi - lo)
+        return [dict(zip(self.names, row, strict=True)) for row in zip(*values, strict=True)]
+
+
 class CompiledReader:
     """Header records of one writer schema, read by ``_reader.c`` (see the module docstring)."""
 
@@ -160,6 +207,16 @@ class CompiledReader:
         self.envelope = envelope
         self.items = items
         self.array_field = array_field
+        self._rows = np.empty((0, 0), dtype=np.int64)
+        self._rows_present = np.empty((0, 0), dtype=np.uint8)
+
+    def _scratch(self, n: int, width: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+        """Row-major space for n records, kept from call to call (its pages stay mapped: fresh
+        memory costs the kernel a zeroing on first touch); the columns are copies out of it."""
+        if self._rows.shape[0] < n or self._rows.shape[1] != width:
+            self._rows = np.empty((max(n, 2 * self._rows.shape[0]), width), dtype=np.int64)
+            self._rows_present = np.empty(self._rows.shape, dtype=np.uint8)
+        return self._rows, self._rows_present
 
     @classmethod
     def compile(cls, schema: dict[str, Any]) -> CompiledReader | None:
@@ -183,6 +240,64 @@ class CompiledReader:
         whole = _program(schema, named)
         return cls(whole, None, None) if whole is not None else None
 
+    def columns(self, bodies: list[bytes], carry: tuple[str, ...] = (), *, skip: int = 0) -> Columns:
+        """The records of these message bodies in one set of columns; ValueError (naming the
+        message) for a body the reader refuses.  ``carry``: as for ``read``; ``skip``: bytes
+        before each body (a Confluent header), left out without a copy."""
+        buf = b"".join(bodies)
+        view = memoryview(buf)
+        bounds = np.zeros(len(bodies) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in bodies], out=bounds[1:])
+        if skip and any(len(b) < skip for b in bodies):
+            raise ValueError(f"a message shorter than its {skip}-byte header")
+        # the reader writes row-major (a record's values side by side: cache lines in order), and
+        # the columns are a transposed copy; every slot of a row read is written (no zeroing)
+        # except `present` of fields that are never null, set here
+        if self.items is None:  # one record per message
+            prog = self.envelope
+            n = len(bodies)
+            rows, rows_present = self._scratch(max(1, n), prog.columns)
+            if bodies:
+                _reader.read_spans(buf, bounds[:-1] + skip, bounds[1:].copy(), prog.code, rows[:n], rows_present[:n],
+                                   n, True)
+            vals, present = np.ascontiguousarray(rows[:n].T), np.ascontiguousarray(rows_present[:n].T)
+            present[prog.always] = 1
+            fields = {f.name: f for f in prog.fields}
+            return Columns(buf, n, vals, present, fields, np.arange(n + 1, dtype=np.int64), tuple(fields))
+        env, items = self.envelope, self.items
+        shift = items.columns  # the envelope's columns follow the items'
+        cap = max(1, len(buf) // items.min_size)
+        rows, rows_present = self._scratch(cap, shift)
+        evals, epresent = env.empty(len(bodies))
+        one_v, one_p = env.empty(1)
+        starts = np.zeros(len(bodies) + 1, dtype=np.int64)
+        n = 0
+        for k in range(len(bodies)):
+            try:
+                body = view[:bounds[k + 1]]
+                end = _reader.read_one(body, int(bounds[k]) + skip, env.code, one_v, one_p)
+                count, end = _reader.read_array(body, end, items.code, rows[:cap], rows_present[:cap], cap, n, True)
+            except ValueError as exc:
+                raise ValueError(f"message {k}: {exc}") from exc
+            if end != bounds[k + 1]:
+                raise ValueError(f"message {k}: {bounds[k + 1] - end} bytes left after the array")
+            evals[:, k], epresent[:, k] = one_v[:, 0], one_p[:, 0]
+            n += count
+            starts[k + 1] = n
+        vals = np.empty((shift + env.columns, n), dtype=np.int64)
+        present = np.empty((shift + env.columns, n), dtype=np.uint8)
+        vals[:shift] = rows[:n].T
+        present[:shift] = rows_present[:n].T
+        present[items.always] = 1
+        owner = np.repeat(np.arange(len(bodies)), np.diff(starts))  # each record's message
+        vals[shift:] = evals[:, owner]
+        present[shift:] = epresent[:, owner]
+        fields = {f.name: f for f in items.fields}
+        for f in env.fields:
+            fields.setdefault(f.name, Field(f.name, f.op, f.column + shift, f.arg, f.null_branch, f.convert,
+                                            f.symbols))
+        return Columns(buf, n, vals, present, fields, starts, (*carry, *(f.name for f in items.fields)))
+
     def read(self, body: bytes, carry: tuple[str, ...] = ()) -> dict[str, Any]:
         """The datum as fastavro would give it; ValueError (or UnicodeDecodeError) for a body it refuses.
 
@@ -196,7 +311,7 @@ class CompiledReader:
             if end != len(body):
                 raise ValueError(f"{len(body) - end} bytes left after the record")
             return datum
-        cap = max(1, (len(body) - end) // max(1, len(self.items.fields)))  # every field takes at least a byte
+        cap = max(1, (len(body) - end) // self.items.min_size)
         ivals, ipresent = self.items.empty(cap)
         n, end = _reader.read_array(body, end, self.items.code, ivals, ipresent, cap)
         if end != len(body):

@@ -36,6 +36,7 @@ class CStat(StrEnum):
     RETRIES = "retries"                              # a registry or sink call retried after a transient failure
     CONSUME_ERRORS = "consume_errors"                # non-fatal errors librdkafka reported while consuming
     REBALANCES = "rebalances"
+    COLUMNAR_FALLBACKS = "columnar_fallbacks"        # runs the columnar path refused: the dict path took them
 
 
 class Poison(StrEnum):

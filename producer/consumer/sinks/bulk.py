@@ -16,12 +16,13 @@ same one).  The README ships the index template for ECS.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from producer.consumer.mapping import Formatter
-from producer.consumer.sinks.base import json_line
+from producer.consumer.sinks.base import EventsIn, as_events
 from producer.consumer.sinks.http import RETRY_STATUSES, HttpOptions, HttpTarget, chunks, refused, resend
 from producer.errors import SinkError
 
@@ -33,7 +34,7 @@ INDEX_REFUSALS = frozenset({"cluster_block_exception", "index_closed_exception",
 def _items(r: Any, expected: int, url: str) -> list[dict[str, Any]]:
     """The per-item results of a 200 answer; a SinkError if it is not the bulk API's answer."""
     try:
-        items = r.json()["items"]
+        items = orjson.loads(r.content)["items"]
         if len(items) == expected and all(isinstance(i, dict) and len(i) == 1 and
                                           "status" in next(iter(i.values())) for i in items):
             return list(items)
@@ -58,14 +59,16 @@ class BulkSink:
         self._on_retry = on_retry
         self.requests = 0
 
-    def _index_of(self, event: dict[str, Any]) -> str:
+    def _index_of(self, date: str) -> str:
+        """The index of an event of that UTC date (YYYY-MM-DD)."""
         if "{date}" not in self._index:
             return self._index
-        return self._index.replace("{date}", self._formatter.partition(event)[0].replace("-", "."))
+        return self._index.replace("{date}", date.replace("-", "."))
 
-    def write(self, events: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
-        lines = [json.dumps({"index": {"_index": self._index_of(e), "_id": self._formatter.event_id(e)}},
-                            separators=(",", ":")).encode() + b"\n" + json_line(e) for e in events]
+    def write(self, batch: EventsIn) -> list[tuple[int, str]]:
+        events = as_events(batch).dated_lines(self._formatter.event_id, lambda e: self._formatter.partition(e)[0])
+        lines = [orjson.dumps({"index": {"_index": self._index_of(date), "_id": eid}}) + b"\n" + line
+                 for eid, date, line in events]
         sizes = [len(line) for line in lines]
 
         def attempt(todo: list[int]) -> tuple[list[int], list[tuple[int, str]], str]:

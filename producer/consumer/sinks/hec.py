@@ -23,9 +23,10 @@ the events; that is what the runner commits on.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
+from producer.consumer.sinks.base import EventsIn, as_events
 from producer.consumer.sinks.http import RETRY_STATUSES, HttpOptions, HttpTarget, chunks, read_secret, refused, resend
 from producer.errors import ConfigError, SinkError
 
@@ -55,7 +56,8 @@ class HecSink:
         doc = {"time": event["_time"], "host": event.get("dvc", ""), **self._meta, "event": body}
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
-    def write(self, events: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+    def write(self, batch: EventsIn) -> list[tuple[int, str]]:
+        events = as_events(batch).dicts()
         if events and "_time" not in events[0]:
             raise SinkError("the hec sink takes --format cim events")
         bodies = [self._envelope(e) for e in events]

@@ -14,12 +14,12 @@ report's ``retriable()`` is always false, so the error code decides.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from producer.consumer.sinks.base import json_line
+from producer.consumer.sinks.base import EventsIn, as_events
 from producer.errors import BrokerError, SinkError
 
 #: refusals of one message (dead-lettered); refusals of the topic (the consumer stops)
@@ -43,7 +43,7 @@ class KafkaJsonSink:
         except KafkaException as exc:
             raise BrokerError(f"invalid Kafka settings for the JSON sink: {exc}") from exc
 
-    def write(self, events: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+    def write(self, events: EventsIn) -> list[tuple[int, str]]:
         failed: dict[int, KafkaError] = {}
 
         def report(i: int) -> Callable[[KafkaError | None, Message], None]:
@@ -52,11 +52,10 @@ class KafkaJsonSink:
                     failed[i] = err
             return cb
 
-        for i, e in enumerate(events):
+        for i, (key, value) in enumerate(as_events(events).keyed_lines(self._event_id)):
             while True:
                 try:
-                    self._producer.produce(self.topic, key=self._event_id(e).encode(), value=json_line(e)[:-1],
-                                           on_delivery=report(i))
+                    self._producer.produce(self.topic, key=key.encode(), value=value, on_delivery=report(i))
                     break
                 except BufferError:
                     self._producer.poll(0.1)

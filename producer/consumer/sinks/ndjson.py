@@ -14,11 +14,11 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from producer.consumer.sinks.base import json_line
+from producer.consumer.sinks.base import EventsIn, as_events, json_line
 from producer.errors import SinkError
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,9 @@ class StreamSink:
         self._out = out
         self._line = line
 
-    def write(self, events: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+    def write(self, events: EventsIn) -> list[tuple[int, str]]:
         try:
-            self._out.write(b"".join(map(self._line, events)))
+            self._out.write(as_events(events).ndjson(self._line))
         except BrokenPipeError as exc:
             raise SinkError("standard output was closed by its reader") from exc
         return []
@@ -78,8 +78,8 @@ class FileSink:
         except OSError as exc:
             raise SinkError(f"cannot open {self.path}: {exc.strerror}") from exc
 
-    def write(self, events: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
-        self._buffer.append(b"".join(json_line(e) for e in events))
+    def write(self, events: EventsIn) -> list[tuple[int, str]]:
+        self._buffer.append(as_events(events).ndjson())
         return []
 
     def flush(self) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -29,11 +29,26 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from producer.consumer.mapping import Formatter, Origin, sample_records
+from producer.consumer.mapping import Formatter, Origin, ParquetHints, sample_records
+from producer.consumer.render import Block
+from producer.consumer.sinks.base import Events, EventsIn, as_events
 from producer.errors import SinkError
 
 Partition = tuple[str, str]
 log = logging.getLogger(__name__)
+
+
+def leaves(t: pa.Schema | pa.DataType, prefix: str = "") -> list[tuple[str, pa.DataType]]:
+    """(Parquet column path, type) of a schema's leaves (``a.b``; ``a.list.element`` for a list)."""
+    out: list[tuple[str, pa.DataType]] = []
+    for f in t:
+        if pa.types.is_struct(f.type):
+            out += leaves(f.type, f"{prefix}{f.name}.")
+        elif pa.types.is_list(f.type):
+            out.append((f"{prefix}{f.name}.list.element", f.type.value_type))
+        else:
+            out.append((f"{prefix}{f.name}", f.type))
+    return out
 
 
 def schema_for(formatter: Formatter) -> pa.Schema:
@@ -52,6 +67,12 @@ class ParquetSink:
         self._file_rows = file_rows
         self._row_group_rows = row_group_rows
         self._compression = compression
+        hints: ParquetHints = getattr(formatter, "parquet", ParquetHints())
+        cols = leaves(self.schema)
+        self._dictionary: bool | list[str] = [p for p, _ in cols if p not in hints.unique] if hints.unique else True
+        self._encoding = {p: "DELTA_BINARY_PACKED" for p, t in cols if p in hints.unique and pa.types.is_integer(t)}
+        self._statistics: bool | list[str] = True if hints.string_stats is None else \
+            [p for p, t in cols if not pa.types.is_string(t) or p in hints.string_stats]
         self._pending: dict[Partition, list[pa.RecordBatch]] = {}
         self._rows: dict[Partition, int] = {}
         self.files_written = 0
@@ -60,21 +81,34 @@ class ParquetSink:
         except OSError as exc:
             raise SinkError(f"cannot create {directory}: {exc.strerror}") from exc
 
-    def write(self, events: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+    def _groups(self, events: Events) -> dict[Partition, list[pa.RecordBatch]]:
+        """The events as Arrow record batches, by partition (a Block's straight from its columns)."""
+        groups: dict[Partition, list[pa.RecordBatch]] = {}
+        for p in events.parts:
+            if isinstance(p, Block) and p.batch.schema.equals(self.schema):
+                for key, batch in p.partitions():
+                    groups.setdefault(key, []).append(batch)
+                continue
+            rows: dict[Partition, list[dict[str, Any]]] = {}
+            for e in (p.dicts() if isinstance(p, Block) else p):
+                rows.setdefault(self._partition(e), []).append(e)
+            for key, part in rows.items():
+                groups.setdefault(key, []).append(pa.RecordBatch.from_pylist(part, schema=self.schema))
+        return groups
+
+    def write(self, events: EventsIn) -> list[tuple[int, str]]:
         """Buffer the events as Arrow; files that reach ``file_rows`` are written now, and a
         failure to write one leaves its rows buffered for ``flush`` (which raises it): a retried
         ``write`` would buffer the same rows twice."""
-        groups: dict[Partition, list[dict[str, Any]]] = {}
-        for e in events:
-            groups.setdefault(self._partition(e), []).append(e)
-        for key, rows in groups.items():
+        for key, batches in self._groups(as_events(events)).items():
+            rows = pa.Table.from_batches(batches, schema=self.schema)
             start = 0
-            while start < len(rows):  # a file closes at exactly file_rows
+            while start < rows.num_rows:  # a file closes at exactly file_rows
                 room = self._file_rows - self._rows.get(key, 0)
-                part = rows[start:start + room]
-                start += len(part)
-                self._pending.setdefault(key, []).append(pa.RecordBatch.from_pylist(part, schema=self.schema))
-                self._rows[key] = self._rows.get(key, 0) + len(part)
+                part = rows.slice(start, room)
+                start += part.num_rows
+                self._pending.setdefault(key, []).extend(part.to_batches())
+                self._rows[key] = self._rows.get(key, 0) + part.num_rows
                 if self._rows[key] >= self._file_rows:
                     try:
                         self._write_file(key)
@@ -94,7 +128,9 @@ class ParquetSink:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             table = pa.Table.from_batches(batches, schema=self.schema)
-            pq.write_table(table, tmp, row_group_size=self._row_group_rows, compression=self._compression)
+            pq.write_table(table, tmp, row_group_size=self._row_group_rows, compression=self._compression,
+                           use_dictionary=self._dictionary, column_encoding=self._encoding or None,
+                           write_statistics=self._statistics)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.rename(tmp, folder / name)
