@@ -32,6 +32,7 @@ from producer.consumer.reader import Columns, CompiledReader
 from producer.consumer.render import text_array
 from producer.consumer.sinks.base import Events
 from producer.consumer.sinks.parquet import ParquetSink, schema_for
+from producer.errors import PoisonMessage
 from producer.records import Batch, RingMark
 from producer.serialize.avro import frame_header
 from producer.serialize.columnar import ColumnarBatchEncoder, ColumnarRecordEncoder
@@ -261,3 +262,53 @@ def test_parquet_writes_blocks_as_they_are_with_the_formats_hints(tmp_path: Path
     assert any("DICTIONARY" in e for e in chunks["source.ip"].encodings)
     assert chunks["@timestamp"].statistics.has_min_max and chunks["source.port"].statistics.has_min_max
     assert chunks["source.ip"].statistics is None or not chunks["source.ip"].statistics.has_min_max
+
+
+def test_columns_never_share_the_readers_scratch() -> None:
+    """The reader reuses its row-major scratch from call to call: columns are always copies (a
+    block's arrays point into them until its sink has written it)."""
+    messages = _messages("record", 8)
+    decoder = MessageDecoder(FakeRegistry())  # type: ignore[arg-type]
+    frame = decoder.frame(messages[0])
+    first = decoder.columns(frame, messages[:1])  # one record: a transposed view would be contiguous
+    before = first.vals.copy()
+    decoder.columns(frame, messages[1:3])
+    assert (first.vals == before).all()
+
+
+def test_an_enum_index_beyond_the_symbols_is_refused_not_mapped() -> None:
+    """A direction index the schema has no symbol for: poison for fastavro, so the reader refuses it
+    (the dict path then dead-letters the message) instead of mapping it as some direction."""
+    import io
+
+    reg = FakeRegistry()
+    decoder = MessageDecoder(reg)  # type: ignore[arg-type]
+    record = decoder.records(_messages("record", 9)[0])[0]
+    wider = json.loads(reg.texts[2])
+    for f in wider["fields"]:
+        if f["name"] == "direction":
+            f["type"]["symbols"] = [*f["type"]["symbols"], "SIDEWAYS"]
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(wider), {**record, "direction": "SIDEWAYS"})
+    message = frame_header(2) + buf.getvalue()
+    with pytest.raises(ValueError, match="direction has no symbol 2"):
+        decoder.columns(decoder.frame(message), [message])
+    with pytest.raises(PoisonMessage):
+        decoder.records(message)
+
+
+def test_the_flow_cache_stays_inside_its_memory() -> None:
+    """Thousands of distinct flows fill every slot of the renderer's Community ID cache; Python's
+    debug allocator (-X dev) aborts on a write past an allocation."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from producer.consumer import _render; n = 5000; rng = np.random.default_rng(1); "
+            "buf = rng.integers(0, 256, 8 * n, dtype=np.uint8).tobytes(); "
+            "o = np.arange(0, 8 * n, 8, dtype=np.int64); l = np.full(n, 4, dtype=np.int64); "
+            "one = np.ones(n, dtype=np.uint8); p = np.full(n, 6, dtype=np.int64); "
+            "port = rng.integers(0, 65536, n, dtype=np.int64); "
+            "_render.community_ids(buf, p, one, o, l, one, o + 4, l, one, port, one, port, one, n); print('ok')")
+    r = subprocess.run([sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

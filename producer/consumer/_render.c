@@ -105,21 +105,6 @@ typedef struct {
 	Py_ssize_t n;
 } column;
 
-static int column_init(column *c, Py_ssize_t n)
-{
-	memset(c, 0, sizeof(*c));
-	c->n = n;
-	c->offsets = PyMem_Calloc((size_t)n + 1, sizeof(int32_t));
-	c->valid = PyMem_Calloc((size_t)n + 1, 1);
-	if (!c->offsets || !c->valid) {
-		PyMem_Free(c->offsets);
-		PyMem_Free(c->valid);
-		PyErr_NoMemory();
-		return -1;
-	}
-	return 0;
-}
-
 /* idempotent: every function frees its column at its end, whatever happened */
 static void column_free(column *c)
 {
@@ -127,6 +112,20 @@ static void column_free(column *c)
 	PyMem_Free(c->offsets);
 	PyMem_Free(c->valid);
 	memset(c, 0, sizeof(*c));
+}
+
+static int column_init(column *c, Py_ssize_t n)
+{
+	memset(c, 0, sizeof(*c));
+	c->n = n;
+	c->offsets = PyMem_Calloc((size_t)n + 1, sizeof(int32_t));
+	c->valid = PyMem_Calloc((size_t)n + 1, 1);
+	if (!c->offsets || !c->valid) {
+		column_free(c);
+		PyErr_NoMemory();
+		return -1;
+	}
+	return 0;
 }
 
 /* row i is done: valid or not, with whatever was written since row i began */
@@ -631,12 +630,14 @@ static PyObject *community_ids(PyObject *self, PyObject *args)
 				result = row_error(i, "sha1 failed");
 				goto done;
 			}
-			e->text[0] = '1';
-			e->text[1] = ':';
-			if (EVP_EncodeBlock((unsigned char *)e->text + 2, md, SHA_DIGEST_LENGTH) != FLOW_TEXT - 2) {
+			unsigned char b64[FLOW_TEXT - 2 + 1]; /* EVP_EncodeBlock ends with a NUL */
+			if (EVP_EncodeBlock(b64, md, SHA_DIGEST_LENGTH) != FLOW_TEXT - 2) {
 				result = row_error(i, "base64 failed");
 				goto done;
 			}
+			e->text[0] = '1';
+			e->text[1] = ':';
+			memcpy(e->text + 2, b64, FLOW_TEXT - 2);
 			e->len = (uint8_t)len;
 			memcpy(e->data, data, (size_t)len);
 		}
@@ -873,8 +874,7 @@ static PyObject *ndjson(PyObject *self, PyObject *args)
 		}
 		int want = l->kind == L_LIST_STRING ? 5 : l->kind == L_STRING ? 4 : 3;
 		if (PyTuple_GET_SIZE(t) != want || leaf_check(l, n) < 0) {
-			n_leaves++;
-			PyErr_Format(PyExc_ValueError, "ndjson: leaf %zd does not hold %zd rows of its kind", n_leaves - 1, n);
+			PyErr_Format(PyExc_ValueError, "ndjson: leaf %zd does not hold %zd rows of its kind", n_leaves, n);
 			goto done;
 		}
 	}
@@ -946,7 +946,7 @@ static PyObject *ndjson(PyObject *self, PyObject *args)
 	}
 	result = Py_BuildValue("y#y#", o.p ? o.p : "", o.len, (const char *)ends, n * (Py_ssize_t)sizeof(int64_t));
 done:
-	for (Py_ssize_t k = 0; k < n_leaves; k++)
+	for (Py_ssize_t k = 0; k < MAX_LEAVES; k++) /* the leaf that failed half-way too */
 		for (int b = 0; b < 4; b++)
 			if (L[k].held & (1 << b))
 				PyBuffer_Release(&L[k].bufs[b]);

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -228,7 +229,7 @@ def map_each(records: Sequence[dict[str, Any]], origin: Origin,
     for i, record in enumerate(records):
         try:
             out.append(one(record, event_id(record, origin, i)))
-        except (KeyError, TypeError, ValueError, OverflowError, AttributeError, OSError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError, OSError, struct.error) as exc:
             raise MappingError(f"record {i} cannot be mapped: {type(exc).__name__}: {exc}") from exc
     return out
 

@@ -82,6 +82,7 @@ def _convert(f: Field, buf: bytes, vals: npt.NDArray[np.int64], present: npt.NDA
     elif f.convert == "bool":
         values = [v == 1 for v in col]
     elif f.convert == "enum":
+        _check_enum(f, vals[c], present[c])
         values = [f.symbols[v] for v in col]
     elif f.convert in ("bytes", "string"):
         lens = vals[c + 1].tolist()
@@ -97,6 +98,14 @@ def _convert(f: Field, buf: bytes, vals: npt.NDArray[np.int64], present: npt.NDA
         return values
     mask = present[c].tolist()
     return [v if p else None for v, p in zip(values, mask, strict=True)]
+
+
+def _check_enum(f: Field, vals: npt.NDArray[np.int64], present: npt.NDArray[np.uint8]) -> None:
+    """ValueError for an enum index outside the symbols (fastavro's IndexError; Python's negative
+    indexing must not turn it into a symbol)."""
+    bad = ((vals < 0) | (vals >= len(f.symbols))) & (present != 0)
+    if bad.any():
+        raise ValueError(f"record {int(np.argmax(bad))}: {f.name} has no symbol {int(vals[np.argmax(bad)])}")
 
 
 def _resolve(t: Any, named: dict[str, Any], namespace: str) -> Any:
@@ -200,6 +209,12 @@ class Columns:
         return [dict(zip(self.names, row, strict=True)) for row in zip(*values, strict=True)]
 
 
+def _check_enums(fields: dict[str, Field], vals: npt.NDArray[np.int64], present: npt.NDArray[np.uint8]) -> None:
+    for f in fields.values():
+        if f.convert == "enum":
+            _check_enum(f, vals[f.column], present[f.column])
+
+
 class CompiledReader:
     """Header records of one writer schema, read by ``_reader.c`` (see the module docstring)."""
 
@@ -260,9 +275,11 @@ class CompiledReader:
             if bodies:
                 _reader.read_spans(buf, bounds[:-1] + skip, bounds[1:].copy(), prog.code, rows[:n], rows_present[:n],
                                    n, True)
-            vals, present = np.ascontiguousarray(rows[:n].T), np.ascontiguousarray(rows_present[:n].T)
+            # copies (never views: the scratch is written again by the next call)
+            vals, present = rows[:n].T.copy(), rows_present[:n].T.copy()
             present[prog.always] = 1
             fields = {f.name: f for f in prog.fields}
+            _check_enums(fields, vals, present)
             return Columns(buf, n, vals, present, fields, np.arange(n + 1, dtype=np.int64), tuple(fields))
         env, items = self.envelope, self.items
         shift = items.columns  # the envelope's columns follow the items'
@@ -296,6 +313,7 @@ class CompiledReader:
         for f in env.fields:
             fields.setdefault(f.name, Field(f.name, f.op, f.column + shift, f.arg, f.null_branch, f.convert,
                                             f.symbols))
+        _check_enums(fields, vals, present)
         return Columns(buf, n, vals, present, fields, starts, (*carry, *(f.name for f in items.fields)))
 
     def read(self, body: bytes, carry: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -97,13 +97,16 @@ class Ctx:
             raise ValueError(f"the schema has no field {name}")
         return self.cols.long(name)
 
+    def span(self, name: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+        if name not in self.cols.fields:
+            raise ValueError(f"the schema has no field {name}")
+        return self.cols.span(name)
+
     def span_text(self, name: str, render: Callable[..., tuple[bytes, bytes, bytes]]) -> pa.Array:
         """The text column ``render`` (a ``_render`` function of (buf, off, len, present, n))
         makes of a bytes or string field; computed once per block."""
         def make() -> pa.Array:
-            if name not in self.cols.fields:
-                raise ValueError(f"the schema has no field {name}")
-            off, length, present = self.cols.span(name)
+            off, length, present = self.span(name)
             return text_array(render(self.cols.buf, off, length, present, self.n), self.n)
         return self.memo((render.__name__, name), make)
 
@@ -220,13 +223,13 @@ class CommunityId(Leaf):
     def arrow(self, ctx: Ctx) -> pa.Array:
         def make() -> pa.Array:
             c = ctx.cols
-            proto, proto_p = c.long("ip_proto")
-            src_off, src_len, src_p = c.span("src_ip")
-            dst_off, dst_len, dst_p = c.span("dst_ip")
-            icmp, icmp_p = c.long("icmp_type")
-            code, code_p = c.long("icmp_code")
-            sport, sport_p = c.long("src_port")
-            dport, dport_p = c.long("dst_port")
+            proto, proto_p = ctx.field("ip_proto")
+            src_off, src_len, src_p = ctx.span("src_ip")
+            dst_off, dst_len, dst_p = ctx.span("dst_ip")
+            icmp, icmp_p = ctx.field("icmp_type")
+            code, code_p = ctx.field("icmp_code")
+            sport, sport_p = ctx.field("src_port")
+            dport, dport_p = ctx.field("dst_port")
             is_icmp = icmp_p != 0
             a = np.where(is_icmp, icmp, sport)
             a_p = np.where(is_icmp, icmp_p, sport_p).astype(np.uint8)

@@ -404,7 +404,7 @@ class Runner:
                 last = int(np.searchsorted(cols.starts[1:], limit))
                 cols = decoder.columns(frame, values[:last + 1])
             return self._block(cols)
-        except (ValueError, TypeError, OverflowError, pa.ArrowException) as exc:  # ArrowInvalid is a ValueError
+        except (ValueError, TypeError, KeyError, OverflowError, pa.ArrowException) as exc:  # ArrowInvalid: ValueError
             self.telemetry.add(CStat.COLUMNAR_FALLBACKS)
             log.debug("the columnar path refused a run of %d messages (the dict path takes them): %s", len(run), exc)
             return None
