@@ -82,9 +82,9 @@ class ConsumeReport:
 
 def small_pages() -> None:
     """No transparent huge pages for numpy's arrays in this process.  numpy asks for them for
-    every array of 4 MiB or more; the columns of a run are short-lived and sized for the most
-    records a run could hold, and the kernel zeroing whole 2 MiB pages on first touch cost the
-    consumer more CPU than the fewer TLB misses saved (measured: the reader's first pass over a
+    every array of 4 MiB or more; the columns of a run are large and short-lived, and the
+    kernel zeroing whole 2 MiB pages on first touch cost the consumer more CPU than the fewer
+    TLB misses saved (measured: the reader's first pass over a
     topic took ~3 us a record instead of ~0.8).  A numpy without the switch keeps its default."""
     setter = getattr(np.core.multiarray, "_set_madvise_hugepage", None)
     if setter is not None:
