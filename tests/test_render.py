@@ -105,7 +105,8 @@ def test_events_mix_blocks_and_dicts_in_order() -> None:
         block.ndjson()[0]
     keyed = events.keyed_lines(lambda e: str(e["event"]["id"]))
     assert [k for k, _ in keyed] == [d["event"]["id"] for d in events.dicts()]
-    assert [json.loads(v) for _, v in keyed] == events.dicts()
+    assert [json.loads(v) for _, v in keyed] == events.dicts() and all(v.endswith(b"\n") for _, v in keyed)
+    assert events.dates(lambda e: str(e["@timestamp"])[:10]) == [str(d["@timestamp"])[:10] for d in events.dicts()]
 
 
 def test_what_only_the_dict_path_decides_is_refused_by_the_columnar_path() -> None:

@@ -50,7 +50,6 @@ class MessageDecoder:
         self._compiled = compiled
         self._schemas: dict[int, tuple[str, Any]] = {}
         self._readers: dict[int, CompiledReader | None] = {}
-        self._columnar: dict[int, CompiledReader | None] = {}
         self._unknown: set[int] = set()  # ids the registry said it does not have (bounded)
 
     def _schema(self, schema_id: int) -> tuple[str, Any]:
@@ -76,11 +75,7 @@ class MessageDecoder:
                 raise PoisonMessage(f"schema id {schema_id} is not an Avro schema: {exc}", Poison.WRONG_SCHEMA) from exc
             found = (str(raw.get("name", "")).rsplit(".", 1)[-1] if isinstance(raw, dict) else "", parsed)
             self._schemas[schema_id] = found
-            # the compiled reader pays per call what fastavro pays per record: it is used for the
-            # batch shape (thousands of records a call), not for one record a message
-            compiled = CompiledReader.compile(raw) if self._compiled else None
-            self._readers[schema_id] = compiled if compiled is not None and compiled.items is not None else None
-            self._columnar[schema_id] = compiled
+            self._readers[schema_id] = CompiledReader.compile(raw) if self._compiled else None
         return found
 
     def frame(self, value: bytes) -> Frame:
@@ -93,7 +88,7 @@ class MessageDecoder:
         if name not in HEADER_SCHEMAS:
             raise PoisonMessage(f"schema id {schema_id} is {name or 'unnamed'}, not a header record schema",
                                 Poison.WRONG_SCHEMA)
-        return Frame(schema_id, name, self._columnar.get(schema_id))
+        return Frame(schema_id, name, self._readers.get(schema_id))
 
     @staticmethod
     def columns(frame: Frame, values: list[bytes]) -> Columns:
@@ -116,8 +111,11 @@ class MessageDecoder:
         except SerializationError as exc:
             raise PoisonMessage(str(exc), Poison.BAD_MAGIC) from exc
         name, parsed = self._schema(schema_id)
+        # message by message, the compiled reader pays per call what fastavro pays per record: it
+        # reads a HeaderBatch (thousands of records a call), not one record a message (``columns``
+        # reads runs of those)
         compiled = self._readers.get(schema_id)
-        if compiled is not None:
+        if compiled is not None and compiled.items is not None:
             try:
                 return name, compiled.read(body, carry), True
             except (ValueError, UnicodeDecodeError):

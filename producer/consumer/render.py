@@ -414,7 +414,7 @@ class Template:
         """The block's events; ValueError if the columnar path refuses any of them."""
         ctx = Ctx(cols)
         leaves: list[pa.Array] = []
-        arrays, _present = _evaluate(self.root, ctx, None, leaves)
+        arrays = _evaluate(self.root, ctx, None, leaves)[0]
         names = [k for k, _ in self.root.members]
         return Block(self, pa.RecordBatch.from_arrays(arrays, names=names), leaves, cols)
 

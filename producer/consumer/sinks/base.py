@@ -49,24 +49,20 @@ class Events:
         return b"".join(p.ndjson()[0] if isinstance(p, Block) else b"".join(map(render, p)) for p in self.parts)
 
     def keyed_lines(self, event_id: Callable[[Event], str]) -> list[tuple[str, bytes]]:
-        """(event id, JSON line without its newline) of every event."""
+        """(event id, JSON line with its newline) of every event."""
         out: list[tuple[str, bytes]] = []
         for p in self.parts:
             if isinstance(p, Block):
-                out.extend(zip(p.ids(), (line[:-1] for line in p.lines()), strict=True))
+                out.extend(zip(p.ids(), p.lines(), strict=True))
             else:
-                out.extend((event_id(e), json_line(e)[:-1]) for e in p)
+                out.extend((event_id(e), json_line(e)) for e in p)
         return out
 
-    def dated_lines(self, event_id: Callable[[Event], str],
-                    date: Callable[[Event], str]) -> list[tuple[str, str, bytes]]:
-        """(event id, UTC date YYYY-MM-DD, JSON line) of every event."""
-        out: list[tuple[str, str, bytes]] = []
+    def dates(self, date: Callable[[Event], str]) -> list[str]:
+        """The UTC date (YYYY-MM-DD) of every event."""
+        out: list[str] = []
         for p in self.parts:
-            if isinstance(p, Block):
-                out.extend(zip(p.ids(), p.dates().to_pylist(), p.lines(), strict=True))
-            else:
-                out.extend((event_id(e), date(e), json_line(e)) for e in p)
+            out.extend(p.dates().to_pylist() if isinstance(p, Block) else map(date, p))
         return out
 
 

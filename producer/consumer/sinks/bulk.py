@@ -66,9 +66,11 @@ class BulkSink:
         return self._index.replace("{date}", date.replace("-", "."))
 
     def write(self, batch: EventsIn) -> list[tuple[int, str]]:
-        events = as_events(batch).dated_lines(self._formatter.event_id, lambda e: self._formatter.partition(e)[0])
+        events = as_events(batch)
+        dates = events.dates(lambda e: self._formatter.partition(e)[0]) if "{date}" in self._index else \
+            [""] * len(events)
         lines = [orjson.dumps({"index": {"_index": self._index_of(date), "_id": eid}}) + b"\n" + line
-                 for eid, date, line in events]
+                 for (eid, line), date in zip(events.keyed_lines(self._formatter.event_id), dates, strict=True)]
         sizes = [len(line) for line in lines]
 
         def attempt(todo: list[int]) -> tuple[list[int], list[tuple[int, str]], str]:

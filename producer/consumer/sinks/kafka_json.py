@@ -52,10 +52,10 @@ class KafkaJsonSink:
                     failed[i] = err
             return cb
 
-        for i, (key, value) in enumerate(as_events(events).keyed_lines(self._event_id)):
+        for i, (key, line) in enumerate(as_events(events).keyed_lines(self._event_id)):
             while True:
                 try:
-                    self._producer.produce(self.topic, key=key.encode(), value=value, on_delivery=report(i))
+                    self._producer.produce(self.topic, key=key.encode(), value=line[:-1], on_delivery=report(i))
                     break
                 except BufferError:
                     self._producer.poll(0.1)
