@@ -184,12 +184,13 @@ class Agent:
         for channel in p.channels:
             left = sum(len(item) for item in channel.abandon())
             p.telemetry.drop(reason, left, f"still in the {channel.name} channel at exit")
-        state = p.buffer.state()
         if p.buffer.kind == "disk":
-            p.telemetry.add(Stat.LEFT_IN_BUFFER, state.records)
-            if state.records:
-                log.info("the disk buffer keeps %d undelivered records for the next start", state.records)
+            for source, left in p.buffer.records_by_source().items():
+                p.telemetry.add(Stat.LEFT_IN_BUFFER, left, source)
+            if p.buffer.state().records:
+                log.info("the disk buffer keeps %d undelivered records and log events for the next start",
+                         p.buffer.state().records)
         else:
-            lost = p.buffer.drain_all()
-            p.telemetry.drop(reason, lost, "not delivered by the exit deadline")
+            for source, lost in p.buffer.drain_all().items():
+                p.telemetry.drop(reason, lost, "not delivered by the exit deadline", source)
         p.publisher.close()

@@ -389,7 +389,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     from producer.serialize.schemas import agent_subjects
 
     cfg = load_config(args.config, os.environ, _overrides(args))
-    subjects = agent_subjects(cfg.kafka.topic, cfg.kafka.shape, cfg.telemetry.stats_topic)
+    subjects = agent_subjects(cfg.kafka.topic, cfg.kafka.shape, cfg.telemetry.stats_topic, cfg.ingest.topic)
     refused = 0
     with Registry(cfg.registry.url, cfg.registry.properties) as registry:
         for s in subjects:

@@ -1,7 +1,7 @@
 """The one validated configuration tree of the agent (and the consumer's Kafka/registry part).
 
 One frozen dataclass per stage (``[capture]``, ``[batch]``, ``[buffer]``,
-``[kafka]``, ``[registry]``, ``[telemetry]``) under ``AgentConfig``.  Each
+``[kafka]``, ``[registry]``, ``[telemetry]``, ``[ingest]``) under ``AgentConfig``.  Each
 field carries, in its metadata, its meaning, its environment variable, its
 command-line flag and whether SIGHUP applies it to a running agent; the CLI
 flags, the README's table (tests/test_docs.py) and the reload logic all read
@@ -268,9 +268,19 @@ class TelemetryConfig:
         env="HDRLOG_STATS_INTERVAL", metavar="S"))
     stats_topic: str = field(default="hdrlog.agent-stats", metadata=_m(
         "topic of the AgentStats records (empty: none)", env="HDRLOG_STATS_TOPIC"))
+    token_file: str = field(default="", metadata=_m(
+        "a file holding a bearer token every request to the server must carry (empty: none)",
+        env="HDRLOG_TOKEN_FILE", metavar="FILE"))
+    tls_cert_file: str = field(default="", metadata=_m(
+        "serve HTTPS with this certificate chain (PEM; with `tls_key_file`)", env="HDRLOG_TLS_CERT_FILE",
+        metavar="FILE"))
+    tls_key_file: str = field(default="", metadata=_m(
+        "the private key of `tls_cert_file` (PEM)", env="HDRLOG_TLS_KEY_FILE", metavar="FILE"))
 
     def __post_init__(self) -> None:
         _at_least("telemetry", self, zero=("stats_interval_s",))
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise _bad("telemetry.tls_cert_file", "tls_cert_file and tls_key_file go together")
         if self.listen != "off":
             host, _, port = self.listen.rpartition(":")
             if not host or not port.isdigit() or int(port) > 65535:
@@ -282,6 +292,53 @@ class TelemetryConfig:
             return None
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
+
+    def token(self) -> str | None:
+        """The bearer token of ``token_file`` (ConfigError if it cannot be read or is empty)."""
+        if not self.token_file:
+            return None
+        try:
+            token = Path(self.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _bad("telemetry.token_file", f"cannot read {self.token_file}: "
+                       f"{getattr(exc, 'strerror', None) or exc}") from None
+        if not token or not token.isprintable() or " " in token:
+            raise _bad("telemetry.token_file", f"{self.token_file} holds no usable token (one printable word)")
+        return token
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    """``[ingest]``: ``POST /api/v1/logging`` on the telemetry server: log events into the same buffer."""
+
+    topic: str = field(default="hdrlog.logs", metadata=_m(
+        "topic of the LogEvent messages (empty: no ingest endpoint)", env="HDRLOG_INGEST_TOPIC",
+        flag="--ingest-topic"))
+    max_body_bytes: int = field(default=4 << 20, metadata=_m(
+        "largest request body taken (413 above it)", env="HDRLOG_INGEST_MAX_BODY_BYTES"))
+    max_queue_events: int = field(default=100_000, metadata=_m(
+        "events waiting to be made durable at most (429 above it)", env="HDRLOG_INGEST_MAX_QUEUE_EVENTS"))
+    max_queue_bytes: int = field(default=64 << 20, metadata=_m(
+        "body bytes of the waiting requests at most (429 above it)", env="HDRLOG_INGEST_MAX_QUEUE_BYTES"))
+    linger_ms: float = field(default=5.0, metadata=_m(
+        "how long the first request of a group waits for others to share its commit",
+        env="HDRLOG_INGEST_LINGER_MS"))
+    max_group_events: int = field(default=10_000, metadata=_m(
+        "events at most in one group (one buffer entry, one commit)", env="HDRLOG_INGEST_MAX_GROUP_EVENTS"))
+    ack_timeout_s: float = field(default=10.0, metadata=_m(
+        "memory buffer: longest wait for Kafka's acknowledgement before a 503", env="HDRLOG_INGEST_ACK_TIMEOUT"))
+    idempotency_ttl_s: float = field(default=86400.0, metadata=_m(
+        "how long an accepted Idempotency-Key is remembered", env="HDRLOG_INGEST_IDEMPOTENCY_TTL"))
+    idempotency_max_keys: int = field(default=1_000_000, metadata=_m(
+        "Idempotency-Keys remembered at most (the oldest are forgotten first)",
+        env="HDRLOG_INGEST_IDEMPOTENCY_MAX_KEYS"))
+
+    def __post_init__(self) -> None:
+        _at_least("ingest", self, one=("max_body_bytes", "max_queue_events", "max_queue_bytes", "max_group_events",
+                                       "idempotency_max_keys"),
+                  zero=("linger_ms", "idempotency_ttl_s"))
+        if self.ack_timeout_s <= 0:
+            raise _bad("ingest.ack_timeout_s", "must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +365,7 @@ class AgentConfig:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
     def __post_init__(self) -> None:
         if not self.host_id:
@@ -318,6 +376,8 @@ class AgentConfig:
             raise _bad("duration_s", "must be positive")
         if self.stdout and self.output:
             raise _bad("output", "--stdout and --output exclude each other")
+        if self.ingest.topic and self.ingest.topic in (self.kafka.topic, self.telemetry.stats_topic):
+            raise _bad("ingest.topic", f"{self.ingest.topic!r} is already the header or stats topic")
 
     @property
     def json_lines(self) -> bool:
@@ -336,7 +396,7 @@ class AgentConfig:
 #: the sections of the tree, as TOML tables, in the order the README lists them
 SECTIONS: Mapping[str, type[Any]] = {
     "capture": CaptureConfig, "batch": BatchConfig, "buffer": BufferConfig, "kafka": KafkaConfig,
-    "registry": RegistryConfig, "telemetry": TelemetryConfig}
+    "registry": RegistryConfig, "telemetry": TelemetryConfig, "ingest": IngestConfig}
 
 
 def is_secret(key: str) -> bool:

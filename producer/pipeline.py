@@ -2,6 +2,7 @@
 
     kernel hooks --ring buffer--> KernelSource --[chunks]--> BatchStage --[batches]--> EncodeStage
         --> Buffer (memory | disk) --> Publisher (Kafka | stdout | file)
+    POST /api/v1/logging (TelemetryServer) --[waiting events]--> IngestStage --> the same Buffer
 
 Every ``[...]`` is a bounded Channel; the buffer's ``when_full`` policy is the
 last place anything may be dropped on purpose, and only under a named reason.
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from producer import abi
-from producer.agent import Agent, AgentParts, Periodic
+from producer.agent import Agent, AgentParts, Periodic, Stage
 from producer.batch.batcher import Batcher, BatchStage
 from producer.buffer.base import Buffer
 from producer.buffer.disk import DiskStore
@@ -40,6 +41,7 @@ from producer.channel import Cancel, Channel
 from producer.config import AgentConfig, live_settings, reloadable
 from producer.decode.convert import InterfaceNames, MonotonicToWall, RecordDecoder
 from producer.errors import ConfigError, HdrlogError
+from producer.ingest.stage import IdempotencyKeys, IngestLimits, IngestStage, Pending
 from producer.publish.deadletter import DeadLetters
 from producer.publish.kafka import WINDOW_BYTES, KafkaPublisher
 from producer.publish.sinks import Publisher, StreamPublisher
@@ -48,10 +50,11 @@ from producer.retry import with_retry
 from producer.serialize.columnar import ColumnarBatchEncoder, ColumnarRecordEncoder
 from producer.serialize.encoder import Encoder, EncodeStage, Identity, JsonLinesEncoder
 from producer.serialize.registry import Registry, resolve
+from producer.serialize.rows import RowEncoder
 from producer.serialize.schemas import AvroSchema, Subject, agent_subjects
 from producer.telemetry.events import Stat, Telemetry
 from producer.telemetry.metrics import Metrics
-from producer.telemetry.server import TelemetryServer
+from producer.telemetry.server import Ingest, ServerSecurity, TelemetryServer, tls_context
 from producer.telemetry.stats import Send, StatsReporter
 from producer.telemetry.status import Status, StatusSources
 
@@ -68,7 +71,7 @@ def _retrying(exc: BaseException, sleep_s: float) -> None:
 def _buffer(cfg: AgentConfig, telemetry: Telemetry) -> Buffer:
     b = cfg.buffer
     if b.type == "disk" and not cfg.json_lines:
-        store: Any = DiskStore(cfg.state_path / "buffer.sqlite")
+        store: Any = DiskStore(cfg.state_path / "buffer.sqlite", cfg.ingest.idempotency_ttl_s)
     else:
         store = MemoryStore()
     kind = "disk" if isinstance(store, DiskStore) else "memory"
@@ -79,7 +82,7 @@ def _kafka(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Ide
            clock: MonotonicToWall) -> tuple[KafkaPublisher, Encoder, dict[str, int], list[Subject]]:
     """Schema ids from the registry and a reachable broker, each retried until the connect timeout."""
     k, r = cfg.kafka, cfg.registry
-    subjects = agent_subjects(k.topic, k.shape, cfg.telemetry.stats_topic)
+    subjects = agent_subjects(k.topic, k.shape, cfg.telemetry.stats_topic, _ingest_topic(cfg))
     ids: dict[str, int] = {}
     with Registry(r.url, r.properties) as registry:
         for s in subjects:
@@ -105,6 +108,30 @@ def _kafka(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Ide
     return publisher, encoder, ids, subjects
 
 
+def _ingest_topic(cfg: AgentConfig) -> str:
+    """The LogEvent topic if the HTTP ingest runs: Kafka output and a server to take the requests."""
+    return cfg.ingest.topic if not cfg.json_lines and cfg.telemetry.address is not None else ""
+
+
+def _ingest(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Identity, schema_id: int,
+            kafka: KafkaPublisher, detached: threading.Event, cancel: Cancel,
+            reply: Callable[[list[Pending]], None]) -> IngestStage:
+    i = cfg.ingest
+    encoder = RowEncoder(AvroSchema.load("LogEvent"), schema_id,
+                         {"host_id": identity.host_id, "agent_instance": identity.instance_id})
+    keys = IdempotencyKeys(i.idempotency_ttl_s, i.idempotency_max_keys)
+    if isinstance(buffer.store, DiskStore):
+        keys.restore(buffer.store.recent_keys())
+    limits = IngestLimits(i.max_queue_events, i.max_queue_bytes, i.max_group_events, i.linger_ms / 1000.0,
+                          i.ack_timeout_s)
+    log.info("taking log events on /api/v1/logging into %s (202 once %s)", i.topic,
+             "in the disk buffer" if buffer.kind == "disk" else "Kafka has acknowledged them")
+    return IngestStage(encoder, i.topic, identity.key, buffer, telemetry, keys, limits,
+                       wait_for_kafka=buffer.kind != "disk",
+                       kafka_down=lambda: telemetry.outage_since is not None or kafka.holding,
+                       detached=detached, cancel=cancel, reply=reply)
+
+
 def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callable[[str], None] | None = None,
           reload_config: Callable[[], AgentConfig] | None = None,
           on_stdout_closed: Callable[[], None] | None = None) -> Agent:
@@ -124,6 +151,7 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
         buffer = _buffer(cfg, telemetry)
         resources.callback(buffer.close)
         publisher: Publisher
+        kafka: KafkaPublisher | None = None
         schema_ids: dict[str, int] = {}
         stats_target: tuple[str, AvroSchema, int, Send] | None = None
         if cfg.json_lines:
@@ -172,6 +200,12 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
                              telemetry, cancel)
         encode = EncodeStage(encoder, batches, buffer, telemetry, cancel, source.release)
         hooks = Hooks(c, program, names, ifindexes, takeover.stale)
+        server: TelemetryServer | None = None
+        ingest: IngestStage | None = None
+        logs_topic = _ingest_topic(cfg)
+        if logs_topic and kafka is not None:
+            ingest = _ingest(cfg, buffer, telemetry, identity, schema_ids[f"{logs_topic}-value"], kafka, detached,
+                             cancel, lambda answered: server.reply(answered) if server is not None else None)
         running = {"cfg": cfg}
 
         def reload() -> None:
@@ -194,16 +228,23 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
         channels: list[Channel[Any]] = [chunks, batches]
         _gauges(telemetry, buffer, channels)
         output: dict[str, Any] = ({"file": cfg.output or "stdout"} if cfg.json_lines else
-                                  {"topic": cfg.kafka.topic, "shape": cfg.kafka.shape, "schema_ids": schema_ids})
+                                  {"topic": cfg.kafka.topic, "shape": cfg.kafka.shape, "schema_ids": schema_ids}
+                                  | ({"logs_topic": logs_topic} if ingest is not None else {}))
         status = Status(StatusSources(
             cfg.host_id, identity.instance_id, capture_id, c.hook, lambda: hooks.attached, program.counters,
             telemetry, buffer, channels, output,
             holding=lambda: bool(getattr(publisher, "holding", False)),
-            in_flight=lambda: int(getattr(publisher, "in_flight", 0))))
+            in_flight=lambda: int(getattr(publisher, "in_flight", 0)),
+            ingest=None if ingest is None else ingest.state))
         address = cfg.telemetry.address
         if address is not None:
             metrics = Metrics(telemetry, program.counters)
-            server = TelemetryServer(address[0], address[1], status, metrics.render)
+            t = cfg.telemetry
+            security = ServerSecurity(t.token(), tls_context(t.tls_cert_file, t.tls_key_file)
+                                      if t.tls_cert_file else None)
+            server = TelemetryServer(address[0], address[1], status, metrics.render, security=security,
+                                     ingest=None if ingest is None else
+                                     Ingest(ingest, telemetry, cfg.ingest.max_body_bytes))
             server.start()
             resources.callback(server.stop)
         periodic: list[Periodic] = [Periodic(1.0, status.sample)]
@@ -211,14 +252,19 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
             periodic.append(Periodic(cfg.telemetry.stats_interval_s, stats))
         if status_line is not None:
             periodic.append(Periodic(1.0, lambda: status_line(_status_text(program.counters(), telemetry))))
+        stages: list[Stage] = [batcher, encode]
+        if ingest is not None:
+            stages.append(ingest)
         parts = AgentParts(
-            hooks=hooks, source=source, stages=[batcher, encode], publisher=publisher, buffer=buffer,
+            hooks=hooks, source=source, stages=stages,
+            publisher=publisher, buffer=buffer,
             telemetry=telemetry, cancel=cancel, detached=detached, channels=channels,
             kernel_counters=program.counters, reload=reload, periodic=periodic, resources=resources.pop_all())
         agent = Agent(parts, duration_s=cfg.duration_s, flush_timeout_s=cfg.kafka.flush_timeout_s)
         agent.report_extra = lambda: {"instance": identity.instance_id, "capture_id": capture_id,
                                       "schema_ids": schema_ids, "buffer": buffer.kind,
-                                      "taken_over": takeover.report()}
+                                      "taken_over": takeover.report()} | (
+            {"ingest": telemetry.ingest_snapshot()} if ingest is not None else {})
         return agent
     raise AssertionError("unreachable")  # pragma: no cover - the with block returns or raises
 

@@ -13,10 +13,19 @@ consumer position advances only once the records are stored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+
+class Source(Enum):
+    """Where a buffer entry's records came from: each has its own ledger (telemetry/events.py)."""
+
+    CAPTURE = 0  # header records from the kernel
+    INGEST = 1   # log events from POST /api/v1/logging
+
 
 Records = npt.NDArray[Any]
 """An array of ``abi.RECORD_DTYPE``."""
@@ -82,8 +91,10 @@ class Encoded:
     ``payload`` holds the values back to back; ``offsets`` (None for a single
     message) are where each value starts, so record shape keeps one entry per
     batch instead of one per record.  ``records`` is how many header records
-    the entry stands for (the accounting unit); ``captured_ns`` the capture
-    time (kernel monotonic clock) of its oldest record, for the delivery latency.
+    (or log events: ``source``) the entry stands for, the accounting unit;
+    ``captured_ns`` the capture time (kernel monotonic clock) of its oldest
+    record, for the delivery latency (for log events: when the first of them
+    was received, on the same clock).
     """
 
     topic: str
@@ -93,6 +104,7 @@ class Encoded:
     records: int
     captured_ns: int = 0
     mark: RingMark | None = None
+    source: Source = Source.CAPTURE
 
     @property
     def messages(self) -> int:

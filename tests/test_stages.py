@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +221,7 @@ class _FullStore(MemoryStore):
         super().__init__()
         self.room = room
 
-    def append(self, entry: Encoded) -> int:
+    def append(self, entry: Encoded, keys: Sequence[tuple[str, int]] = (), durable: bool = False) -> int:
         if len(self._entries) >= self.room:
             raise StoreFull("no room on the file system")
         return super().append(entry)

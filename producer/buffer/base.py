@@ -21,6 +21,15 @@ Policies, each counted (telemetry/events.py):
 An entry larger than the whole cap can never fit and is refused under every
 policy (Drop.BUFFER_FULL).  A store that runs out of room before the cap (a
 full disk) counts as full.
+
+Log events (``Source.INGEST``) come in by ``offer``, which never waits, never
+evicts and counts nothing: a refusal goes back to the HTTP client as a 503,
+whose retry is the policy.  Their entries are never evicted either (the
+client was told they are safe); ``drop_oldest`` passes over them.  With the
+disk store, ``offer`` commits them durably (``synchronous = FULL`` for that
+commit) together with the request's idempotency keys.  Its ``on_gone`` tells
+the ingest when an entry has left (delivered, dead-lettered, or lost at exit):
+the memory buffer answers 202 only then.
 """
 
 from __future__ import annotations
@@ -29,12 +38,13 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 from producer.channel import Cancel
-from producer.records import Encoded
+from producer.records import Encoded, Source
 from producer.telemetry.events import Drop, Stat, Telemetry
 
 log = logging.getLogger(__name__)
@@ -52,13 +62,23 @@ class Stored:
     records: int
     size: int
     captured_ns: int
+    source: Source = Source.CAPTURE
+
+
+class Outcome(Enum):
+    """How an entry left the buffer (``Buffer.watch``)."""
+
+    DELIVERED = "delivered"
+    DEAD_LETTERED = "dead_lettered"  # some of its messages were refused for good
+    LOST = "lost"                    # removed at exit undelivered (memory buffer)
 
 
 class Store(Protocol):
     """Where entries' bytes live.  Ids are increasing integers, never reused."""
 
-    def append(self, entry: Encoded) -> int:
-        """Store ``entry`` durably (for disk: committed before return); raises StoreFull."""
+    def append(self, entry: Encoded, keys: Sequence[tuple[str, int]] = (), durable: bool = False) -> int:
+        """Store ``entry`` (for disk: committed before return; with ``durable``, synced to the device),
+        with the (idempotency key, events) pairs it answers, in one transaction; raises StoreFull."""
         ...
 
     def load(self, entry_id: int) -> Encoded: ...
@@ -89,6 +109,8 @@ class Buffer:
     """Ordered, capped, policy-driven; thread-safe (the encoder puts, the publisher takes and acks)."""
 
     def __init__(self, store: Store, cap_bytes: int, when_full: str, telemetry: Telemetry, kind: str) -> None:
+        """One input (the encoder) until ``add_input`` says there are more."""
+        self.store = store
         self._store = store
         self._cap = cap_bytes
         self._policy = when_full
@@ -100,27 +122,37 @@ class Buffer:
         self._cursor = 0  # the highest id handed out since the last rewind
         self._bytes = 0
         self._records = 0
+        self._by_source = dict.fromkeys(Source, 0)
+        self._inputs = 1
         self._closed = False
         self._refusing = False  # drop_newest refused an entry: refuse all until room is freed
+        self._watchers: dict[int, Callable[[int, Outcome], None]] = {}
         for s in store.existing():
             self._index(s)
+        for source, n in self._by_source.items():
+            if n:
+                telemetry.add(Stat.RESTORED, n, source)
         if self._entries:
-            telemetry.add(Stat.RESTORED, self._records)
-            log.info("the %s buffer holds %d records (%d bytes) from a previous run; they go first",
+            log.info("the %s buffer holds %d records and log events (%d bytes) from a previous run; they go first",
                      kind, self._records, self._bytes)
 
     def _index(self, s: Stored) -> None:
         self._entries[s.id] = s
         self._bytes += s.size
         self._records += s.records
+        self._by_source[s.source] += s.records
 
-    def _unindex(self, entry_id: int) -> Stored | None:
+    def _unindex(self, entry_id: int, outcome: Outcome) -> Stored | None:
         s = self._entries.pop(entry_id, None)
         if s is not None:
             self._refusing = False
             self._bytes -= s.size
             self._records -= s.records
+            self._by_source[s.source] -= s.records
             self._handed.discard(entry_id)
+            watcher = self._watchers.pop(entry_id, None)
+            if watcher is not None:
+                watcher(entry_id, outcome)
         return s
 
     # -- the encoder's side -------------------------------------------------------
@@ -166,14 +198,32 @@ class Buffer:
                 self._tel.add(Stat.BUFFER_FULL_WAITS)
                 self._cond.wait(0.1)
 
-    def _append(self, entry: Encoded) -> None:
-        entry_id = self._store.append(entry)
-        self._index(Stored(entry_id, entry.records, len(entry), entry.captured_ns))
-        self._tel.add(Stat.BUFFERED, entry.records)
+    def _append(self, entry: Encoded, keys: Sequence[tuple[str, int]] = (), durable: bool = False) -> int:
+        entry_id = self._store.append(entry, keys, durable)
+        self._index(Stored(entry_id, entry.records, len(entry), entry.captured_ns, entry.source))
+        self._tel.add(Stat.BUFFERED, entry.records, entry.source)
         self._cond.notify_all()
+        return entry_id
+
+    def offer(self, entry: Encoded, keys: Sequence[tuple[str, int]] = (),
+              on_gone: Callable[[int, Outcome], None] | None = None) -> int | str:
+        """Log events: store ``entry`` durably now, or say why not (no room, a full disk); never waits,
+        never evicts, counts no drop.  Returns the entry's id or the reason.  ``on_gone(id, outcome)`` is
+        called (under the buffer's lock: it must only hand over) when the entry leaves the buffer."""
+        with self._cond:
+            if self._bytes + len(entry) > self._cap:
+                return f"the {self.kind} buffer is full ({self._bytes} of {self._cap} bytes used)"
+            try:
+                entry_id = self._append(entry, keys, durable=True)
+            except StoreFull as exc:
+                return str(exc)
+            if on_gone is not None:
+                self._watchers[entry_id] = on_gone
+            return entry_id
 
     def _evictable(self) -> list[int]:
-        return [i for i in self._entries if i not in self._handed]
+        """What drop_oldest may evict: entries not being sent, and never log events."""
+        return [i for i, s in self._entries.items() if i not in self._handed and s.source is Source.CAPTURE]
 
     def _evict_for(self, size: int) -> bool:
         """Evict the oldest entries not handed out until ``size`` fits (or one at a time on a full store)."""
@@ -187,14 +237,20 @@ class Buffer:
         if not victims:
             return False
         self._store.delete(victims)
-        lost = sum(s.records for v in victims if (s := self._unindex(v)) is not None)
+        lost = sum(s.records for v in victims if (s := self._unindex(v, Outcome.LOST)) is not None)
         self._tel.drop(Drop.BUFFER_EVICTED, lost, f"the {self.kind} buffer is full: evicted the oldest entries")
         return True
 
-    def close_input(self) -> None:
-        """No more puts (the encoder has finished); ``take`` returns None once everything is handed out."""
+    def add_input(self) -> None:
+        """Another stage puts here (the HTTP ingest): input ends when every one has closed it."""
         with self._cond:
-            self._closed = True
+            self._inputs += 1
+
+    def close_input(self) -> None:
+        """One input has finished; once all have, ``take`` returns None when everything is handed out."""
+        with self._cond:
+            self._inputs -= 1
+            self._closed = self._inputs <= 0
             self._cond.notify_all()
 
     # -- the publisher's side -----------------------------------------------------
@@ -214,12 +270,12 @@ class Buffer:
                     return None
                 self._cond.wait(min(left, 0.1))
 
-    def ack(self, entry_ids: list[int]) -> None:
+    def ack(self, entry_ids: list[int], outcome: Outcome = Outcome.DELIVERED) -> None:
         """Delivered (or dead-lettered): gone for good."""
         with self._cond:
             self._store.delete(entry_ids)
             for entry_id in entry_ids:
-                self._unindex(entry_id)
+                self._unindex(entry_id, outcome)
             self._cond.notify_all()
 
     def rewind(self) -> int:
@@ -231,14 +287,22 @@ class Buffer:
             self._cond.notify_all()
             return again
 
-    def drain_all(self) -> int:
-        """Remove everything (exit of a memory buffer); returns the records removed, to be counted."""
+    def drain_all(self) -> dict[Source, int]:
+        """Remove everything (exit of a memory buffer); returns the records removed by source, to be counted."""
         with self._cond:
             ids = list(self._entries)
             self._store.delete(ids)
-            lost = sum(s.records for i in ids if (s := self._unindex(i)) is not None)
+            lost = dict.fromkeys(Source, 0)
+            for i in ids:
+                s = self._unindex(i, Outcome.LOST)
+                if s is not None:
+                    lost[s.source] += s.records
             self._cond.notify_all()
             return lost
+
+    def records_by_source(self) -> dict[Source, int]:
+        with self._cond:
+            return dict(self._by_source)
 
     @property
     def exhausted(self) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from producer.buffer.base import Stored
 from producer.records import Encoded
@@ -13,7 +13,7 @@ class MemoryStore:
         self._entries: dict[int, Encoded] = {}
         self._next = 1
 
-    def append(self, entry: Encoded) -> int:
+    def append(self, entry: Encoded, keys: Sequence[tuple[str, int]] = (), durable: bool = False) -> int:
         entry_id = self._next
         self._next += 1
         self._entries[entry_id] = entry

@@ -65,10 +65,10 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from producer.buffer.base import Buffer
+from producer.buffer.base import Buffer, Outcome
 from producer.errors import BrokerError, HdrlogError
 from producer.publish.deadletter import DeadLetters
-from producer.records import Encoded
+from producer.records import Encoded, Source
 from producer.telemetry.events import Drop, Stat, Telemetry
 
 log = logging.getLogger(__name__)
@@ -320,8 +320,9 @@ class KafkaPublisher:
                 return  # stays partial: the exit deadline or stop came first; counted at exit
         finally:
             produced = flight.sent - first
-            self._tel.add(Stat.MESSAGES_PRODUCED, produced)  # once per entry, not per message
-            self._tel.add(Stat.PRODUCED, produced * per_message)
+            source = flight.entry.source
+            self._tel.add(Stat.MESSAGES_PRODUCED, produced, source)  # once per entry, not per message
+            self._tel.add(Stat.PRODUCED, produced * per_message, source)
         flight.produced_all = True
         self._partial = None
         if flight.remaining == 0:
@@ -382,7 +383,7 @@ class KafkaPublisher:
         self._flights.pop(flight.entry_id, None)
         entry = flight.entry
         if flight.retry is not None:
-            self._tel.add(Stat.REQUEUED, entry.records)
+            self._tel.add(Stat.REQUEUED, entry.records, entry.source)
             if flight.retry.fatal():
                 self._fatal = True
             if not flight.precise:
@@ -390,19 +391,19 @@ class KafkaPublisher:
             self._begin_hold(flight.retry, flight.retry.str())
             return
         try:
-            self._buffer.ack([flight.entry_id])
+            self._buffer.ack([flight.entry_id], Outcome.DEAD_LETTERED if flight.dead else Outcome.DELIVERED)
         except HdrlogError as exc:  # the store is broken: stop, with this entry still unacknowledged
             self._failure = exc
             self._stop.set()
             return
         if flight.precise and flight.delivered_messages:
             self._precise_next = not self._per_entry_reports
-        self._tel.add(Stat.DELIVERED, flight.delivered_records)
-        self._tel.add(Stat.MESSAGES_DELIVERED, flight.delivered_messages)
+        self._tel.add(Stat.DELIVERED, flight.delivered_records, entry.source)
+        self._tel.add(Stat.MESSAGES_DELIVERED, flight.delivered_messages, entry.source)
         if flight.delivered_messages:
             self._tel.broker_up()
             self._backoff = self._backoff0
-            if entry.captured_ns:
+            if entry.captured_ns and entry.source is Source.CAPTURE:
                 self._tel.delivered_after(max(0.0, (time.monotonic_ns() - entry.captured_ns) / 1e9))
         if flight.dead:
             kept = f"kept in {self._dead.path}"
@@ -413,7 +414,8 @@ class KafkaPublisher:
                 kept = f"NOT kept: writing {self._dead.path} failed: {exc.strerror}"
             lost = sum(r for _v, _e, r in flight.dead)
             self._tel.delivery_failed(flight.dead[0][1].str(), retriable=False)
-            self._tel.drop(Drop.DEAD_LETTER, lost, f"Kafka refused for good ({flight.dead[0][1].name()}); {kept}")
+            self._tel.drop(Drop.DEAD_LETTER, lost, f"Kafka refused for good ({flight.dead[0][1].name()}); {kept}",
+                           entry.source)
 
     def _begin_hold(self, err: KafkaError | None, text: str) -> None:
         if self._hold is None:

@@ -63,9 +63,11 @@ class Subject:
         return f"{self.topic}-value"
 
 
-def agent_subjects(topic: str, shape: str, stats_topic: str) -> list[Subject]:
-    """The subjects an agent writes: the header topic's, and the stats topic's if there is one."""
+def agent_subjects(topic: str, shape: str, stats_topic: str, logs_topic: str = "") -> list[Subject]:
+    """The subjects an agent writes: the header topic's, and the stats and log-event topics' if there are."""
     out = [Subject(topic, AvroSchema.load(SHAPE_SCHEMAS[shape]))]
     if stats_topic:
         out.append(Subject(stats_topic, AvroSchema.load("AgentStats")))
+    if logs_topic:
+        out.append(Subject(logs_topic, AvroSchema.load("LogEvent")))
     return out

@@ -12,6 +12,18 @@ Accounting (tests reconcile it exactly): every record drained from a ring
 buffer, plus every record a previous run left in the disk buffer
 (``restored``), ends as ``delivered`` (or ``printed``), under one ``Drop``
 reason, or ``left_in_buffer`` (a disk buffer keeps it for the next start).
+
+Log events taken over HTTP (``Source.INGEST``) keep a ledger of their own
+(``ingest_snapshot``), so neither total hides the other:
+
+* requests and their events as answered: every event of a request is
+  ``accepted`` (202) or refused under one ``Refusal`` (the request's status
+  code says which); a repeat of an accepted request (its ``Idempotency-Key``)
+  is ``duplicate_requests`` and adds nothing;
+* events through the buffer, under the same Stat and Drop names as records:
+  ``buffered`` + ``restored`` = ``delivered`` + drops + ``left_in_buffer``.
+  With the disk buffer an event is accepted once buffered; with the memory
+  buffer once delivered.
 """
 
 from __future__ import annotations
@@ -22,6 +34,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+
+from producer.records import Source
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +82,38 @@ class Drop(StrEnum):
     AFTER_FAILURE = "dropped_after_failure"          # a stage failed and the agent stopped
 
 
+#: the Stat and Drop names the ingest's ledger keeps (the others are capture's alone)
+INGEST_LEDGER: tuple[Stat | Drop, ...] = (
+    Stat.BUFFERED, Stat.RESTORED, Stat.PRODUCED, Stat.DELIVERED, Stat.REQUEUED, Stat.LEFT_IN_BUFFER,
+    Stat.MESSAGES_PRODUCED, Stat.MESSAGES_DELIVERED, Drop.DEAD_LETTER, Drop.UNFLUSHED_AT_EXIT, Drop.AFTER_FAILURE)
+
+
+class IngestStat(StrEnum):
+    """Counters of ``POST /api/v1/logging`` as answered."""
+
+    REQUESTS = "requests"                      # requests that reached the endpoint
+    BYTES = "bytes"                            # their body bytes read
+    ACCEPTED_REQUESTS = "accepted_requests"    # answered 202 (a duplicate's repeat not included)
+    ACCEPTED = "accepted"                      # events in them
+    DUPLICATE_REQUESTS = "duplicate_requests"  # a repeat of an accepted Idempotency-Key: 202, nothing enqueued
+
+
+class Refusal(StrEnum):
+    """Why a request (and every event in it) was not accepted; each is also its HTTP status."""
+
+    INVALID = "invalid"            # 400: an event (or the body) is unusable; the answer lists each index
+    UNAUTHORIZED = "unauthorized"  # 401: the bearer token is missing or wrong
+    TOO_LARGE = "too_large"        # 413: the body is over ingest.max_body_bytes (its events are not counted)
+    OVERLOADED = "overloaded"      # 429: the queue of waiting events is full
+    UNAVAILABLE = "unavailable"    # 503: the buffer has no room, Kafka is down (memory buffer), or stopping
+    UNCONFIRMED = "unconfirmed"    # 503: Kafka did not acknowledge in time (memory buffer): it may still
+    FAILED = "failed"              # 500: Kafka refused the events for good (dead-letter file), or a bug
+
+
+STATUS = {Refusal.INVALID: 400, Refusal.UNAUTHORIZED: 401, Refusal.TOO_LARGE: 413, Refusal.OVERLOADED: 429,
+          Refusal.UNAVAILABLE: 503, Refusal.UNCONFIRMED: 503, Refusal.FAILED: 500}
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryError:
     text: str
@@ -86,24 +132,52 @@ class Telemetry:
         self._lock = threading.Lock()
         self._clock = clock
         self._values: dict[str, int] = {s.value: 0 for s in Stat} | {d.value: 0 for d in Drop}
+        refused = {f"refused_{w}_{r.value}": 0 for r in Refusal for w in ("requests", "events")}
+        self._ingest = {s.value: 0 for s in IngestStat} | {s.value: 0 for s in INGEST_LEDGER} | refused
         self._gauges: dict[str, Callable[[], float]] = {}
         self._latency: list[Callable[[float], None]] = []
+        self._answered: list[Callable[[float], None]] = []
         self.last_delivery_error: DeliveryError | None = None
         self.outage_since: float | None = None  # Unix time the broker became unreachable, or None
 
     # -- counting ----------------------------------------------------------------
 
-    def add(self, stat: Stat, n: int = 1) -> None:
+    def add(self, stat: Stat, n: int = 1, source: Source = Source.CAPTURE) -> None:
         with self._lock:
-            self._values[stat.value] += n
+            (self._values if source is Source.CAPTURE else self._ingest)[stat.value] += n
 
-    def drop(self, reason: Drop, n: int, why: str) -> None:
-        """Count ``n`` records lost for ``reason`` and say so (rate-limited per reason)."""
+    def drop(self, reason: Drop, n: int, why: str, source: Source = Source.CAPTURE) -> None:
+        """Count ``n`` records (or log events) lost for ``reason`` and say so."""
         if n <= 0:
             return
         with self._lock:
-            self._values[reason.value] += n
-        log.warning("%d records dropped (%s): %s", n, reason.value, why)
+            (self._values if source is Source.CAPTURE else self._ingest)[reason.value] += n
+        what = "records" if source is Source.CAPTURE else "log events"
+        log.warning("%d %s dropped (%s): %s", n, what, reason.value, why)
+
+    # -- the HTTP ingest -----------------------------------------------------------
+
+    def ingest(self, stat: IngestStat, n: int = 1) -> None:
+        with self._lock:
+            self._ingest[stat.value] += n
+
+    def refused(self, reason: Refusal, events: int) -> None:
+        """A request (with ``events`` events, 0 if unknown) was answered ``STATUS[reason]``."""
+        with self._lock:
+            self._ingest[f"refused_requests_{reason.value}"] += 1
+            self._ingest[f"refused_events_{reason.value}"] += events
+
+    def answered(self, seconds: float) -> None:
+        """A request was answered 202 ``seconds`` after it arrived."""
+        for observe in self._answered:
+            observe(seconds)
+
+    def on_answered(self, observe: Callable[[float], None]) -> None:
+        self._answered.append(observe)
+
+    def ingest_snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._ingest)
 
     def get(self, name: Stat | Drop) -> int:
         with self._lock:

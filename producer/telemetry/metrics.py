@@ -11,6 +11,10 @@ the gauges into metric families:
     hdrlog_buffer_{bytes,records,entries,in_flight_entries,cap_bytes}, hdrlog_channel_depth{channel}
     hdrlog_kafka_up                        0 while the broker is unreachable
     hdrlog_delivery_latency_seconds        histogram: capture of a batch's oldest record -> Kafka's ack
+    hdrlog_ingest_<stat>_total             requests, bytes, accepted_requests, duplicate_requests
+    hdrlog_ingest_events_<stat>_total      accepted; and through the buffer: buffered, delivered, ...
+    hdrlog_ingest_events_dropped_total{reason}, hdrlog_ingest_{requests,events}_refused_total{reason}
+    hdrlog_ingest_response_seconds         histogram: request arrival -> 202
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from producer.telemetry.events import RECORD_STATS, Drop, Stat, Telemetry
+from producer.telemetry.events import INGEST_LEDGER, RECORD_STATS, Drop, IngestStat, Refusal, Stat, Telemetry
 
+ANSWER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -56,6 +61,28 @@ class _AgentCollector(Collector):
         yield depth
         yield GaugeMetricFamily("hdrlog_kafka_up", "0 while the broker is unreachable",
                                 value=0 if self._tel.outage_since is not None else 1)
+        yield from _ingest_families(self._tel.ingest_snapshot())
+
+
+def _ingest_families(snap: dict[str, int]) -> Iterator[Metric]:
+    """The HTTP ingest's ledger (telemetry/events.py): requests as answered, events through the buffer."""
+    for stat in IngestStat:
+        name = "hdrlog_ingest_events_accepted" if stat is IngestStat.ACCEPTED else f"hdrlog_ingest_{stat.value}"
+        yield CounterMetricFamily(name, f"ingest {stat.value}", value=snap[stat.value])
+    for what in ("requests", "events"):
+        refused = CounterMetricFamily(f"hdrlog_ingest_{what}_refused", f"ingest {what} refused, by reason",
+                                      labels=["reason"])
+        for r in Refusal:
+            refused.add_metric([r.value], snap[f"refused_{what}_{r.value}"])
+        yield refused
+    dropped = CounterMetricFamily("hdrlog_ingest_events_dropped", "log events lost, by reason", labels=["reason"])
+    for item in INGEST_LEDGER:
+        if isinstance(item, Drop):
+            dropped.add_metric([item.value.removeprefix("dropped_")], snap[item.value])
+        else:
+            yield CounterMetricFamily(f"hdrlog_ingest_events_{item.value}", f"log events {item.value}",
+                                      value=snap[item.value])
+    yield dropped
 
 
 class Metrics:
@@ -68,6 +95,9 @@ class Metrics:
                                  "capture time of a batch's oldest record to Kafka's acknowledgement",
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         telemetry.on_latency(self.latency.observe)
+        self.answered = Histogram("hdrlog_ingest_response_seconds", "arrival of a log request to its 202",
+                                  buckets=ANSWER_BUCKETS, registry=self.registry)
+        telemetry.on_answered(self.answered.observe)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,6 +1,7 @@
 """``GET /api/v1/status``: what the agent is doing now, as JSON; ``hdrlog status`` prints it for a person.
 
-Interfaces and hook, every counter, rates over the last seconds, channel
+Interfaces and hook, every counter (the HTTP ingest's apart, under
+``ingest``), rates over the last seconds, channel
 depths, the buffer's state, the schema ids, and the delivery state: ``ok``,
 ``retrying`` (a retriable failure is being re-sent), or ``outage`` (the broker
 unreachable since a time), with the last delivery error and when it happened.
@@ -41,6 +42,7 @@ class StatusSources:
     output: Mapping[str, Any]  # topic, shape, schema ids; or the JSON-lines target
     holding: Callable[[], bool] = lambda: False
     in_flight: Callable[[], int] = lambda: 0
+    ingest: Callable[[], dict[str, int]] | None = None  # the ingest stage's queue, if it runs
 
 
 class Status:
@@ -95,6 +97,7 @@ class Status:
                 "last_error": None if err is None else {"text": err.text, "retriable": err.retriable,
                                                         "at": iso(err.at)},
             },
+            "ingest": None if s.ingest is None else {"counters": t.ingest_snapshot(), "queue": s.ingest()},
         }
 
 
@@ -123,6 +126,13 @@ def render(status: Mapping[str, Any]) -> str:
     if d["last_error"]:
         e = d["last_error"]
         lines.append(f"last error at {e['at']} ({'retriable' if e['retriable'] else 'permanent'}): {e['text']}")
+    if status.get("ingest"):
+        c, q = status["ingest"]["counters"], status["ingest"]["queue"]
+        refused = {n.removeprefix("refused_events_"): v for n, v in c.items() if n.startswith("refused_events_")}
+        lines.append(f"ingest   requests {c['requests']}  events accepted {c['accepted']}  "
+                     f"delivered {c['delivered']}  duplicates {c['duplicate_requests']}  "
+                     f"waiting {q['held_events']}  refused "
+                     + (", ".join(f"{n} {v}" for n, v in refused.items() if v) or "none"))
     drops = {n: v for n, v in a.items() if n.startswith("dropped_") and v}
     lines.append("dropped  " + (", ".join(f"{n.removeprefix('dropped_')} {v}" for n, v in drops.items()) or "none"))
     channels = ", ".join(f"{n} {c['depth']}/{c['capacity']}" for n, c in status["channels"].items())

@@ -1,0 +1,190 @@
+"""POST /api/v1/logging against the real agent, broker and registry, with curl as the client.
+
+Valid, invalid, oversized, unauthorized and repeated requests: every accepted
+event is in Kafka exactly once (identity: agent instance and sequence), every
+refused request got its status and reason, and the agent's counters equal
+both.  With the memory buffer a 202 means Kafka already has the events; a full
+queue answers 429 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import orjson
+import pytest
+
+from producer.serialize.avro import parse_frame
+from producer.serialize.registry import Registry
+from tests.conftest import read_topic, summary_of
+
+pytestmark = [pytest.mark.kernel, pytest.mark.stack]
+
+TOKEN = "s3cret-token-for-tests"
+
+
+def curl(url: str, body: bytes, *, token: str | None = TOKEN, headers: dict[str, str] | None = None,
+         content_type: str = "application/json") -> tuple[int, dict[str, Any], dict[str, str]]:
+    """POST with curl; (status, JSON body, response headers)."""
+    argv = ["curl", "-sS", "-X", "POST", "--data-binary", "@-", "-H", f"Content-Type: {content_type}",
+            "-D", "/dev/stderr", "-o", "-", url]
+    for k, v in {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}.items():
+        argv += ["-H", f"{k}: {v}"]
+    done = subprocess.run(argv, input=body, capture_output=True, timeout=60, check=True)
+    head = done.stderr.decode().splitlines()
+    status = int(head[0].split()[1])
+    hdrs = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:]) if v}
+    return status, orjson.loads(done.stdout), hdrs
+
+
+def log_events(stack: Any, topic: str) -> list[tuple[Any, dict[str, Any]]]:
+    """Every message of ``topic``, decoded with the schema the registry gives for its id."""
+    msgs = read_topic(stack.bootstrap_servers, topic)
+    out = []
+    with Registry(stack.registry_url) as registry:
+        schemas: dict[int, Any] = {}
+        for m in msgs:
+            schema_id, body = parse_frame(m.value())
+            if schema_id not in schemas:
+                schemas[schema_id] = fastavro.parse_schema(json.loads(registry.schema_text(schema_id)))
+            out.append((m, fastavro.schemaless_reader(io.BytesIO(body), schemas[schema_id])))
+    return out
+
+
+def _agent(start_agent: Any, veth: Any, stack: Any, tmp_path: Path, buffer: str, **ingest: Any) -> Any:
+    topic = f"hdrlog.test.logs.{uuid.uuid4().hex[:8]}"
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    cfg = tmp_path / "agent.toml"
+    settings = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in {"topic": topic, **ingest}.items())
+    cfg.write_text(f'[buffer]\ntype = "{buffer}"\n[telemetry]\ntoken_file = "{token}"\n[ingest]\n{settings}')
+    agent = start_agent(veth.host_if, "--config", str(cfg), "--bootstrap-servers", stack.bootstrap_servers,
+                        "--schema-registry", stack.registry_url, "--host-id", f"ingest-{topic[-8:]}")
+    agent.wait_attached()
+    agent.logs_topic = topic
+    return agent
+
+
+def _status(agent: Any) -> dict[str, Any]:
+    import httpx2
+
+    got = httpx2.get(agent.url + "/api/v1/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    return dict(got.json())
+
+
+KONG = {"request": {"method": "GET", "url": "http://api.local/orders/7", "size": 80,
+                    "headers": {"user-agent": "curl/7.88.1"}},
+        "response": {"status": 200, "size": 900}, "client_ip": "10.0.0.5", "started_at": 1764489600123,
+        "latencies": {"request": 18}, "client_port": 51234, "server_addr": "10.0.0.2", "server_port": 8000}
+APISIX = {"@timestamp": "2026-11-30T08:00:00+00:00", "client_ip": "10.0.0.5", "client_port": "51235",
+          "server_addr": "10.0.0.2", "server_port": "9080", "method": "POST", "uri": "/orders", "status": "201"}
+
+
+def test_every_accepted_event_is_in_kafka_once_and_every_refusal_is_counted(veth, stack, start_agent,
+                                                                            tmp_path: Path) -> None:
+    agent = _agent(start_agent, veth, stack, tmp_path, "disk", max_body_bytes=4096)
+    url = agent.url + "/api/v1/logging"
+    sent: list[str] = []
+
+    def accepted(body: Any, n: int, path: str = "", **kw: Any) -> None:
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        status, answer, _ = curl(url + path, raw, **kw)
+        assert (status, answer) == (202, {"accepted": n, "duplicate": False}), answer
+
+    one = {"message": "single", "level": "INFO",
+           "details": {"src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "src_port": 40000, "port": 80, "user": "al"}}
+    accepted(one, 1)
+    accepted([{"message": f"array {i}"} for i in range(3)], 3)
+    accepted(b'{"message": "nd 0"}\n{"message": "nd 1"}\n', 2, content_type="application/x-ndjson")
+    accepted(KONG, 1, "/kong")
+    accepted([APISIX, APISIX], 2, "/apisix")
+    sent += ["single", "array 0", "array 1", "array 2", "nd 0", "nd 1", "GET http://api.local/orders/7 200",
+             "POST /orders 201", "POST /orders 201"]
+
+    # a repeated Idempotency-Key: accepted once, answered as a duplicate after
+    keyed = orjson.dumps([{"message": "keyed 0"}, {"message": "keyed 1"}])
+    accepted(keyed, 2, headers={"Idempotency-Key": "retry-1"})
+    for _ in range(2):
+        status, answer, _ = curl(url, keyed, headers={"Idempotency-Key": "retry-1"})
+        assert (status, answer) == (202, {"accepted": 2, "duplicate": True})
+    sent += ["keyed 0", "keyed 1"]
+
+    # refusals, each with its status and reason
+    status, answer, _ = curl(url, orjson.dumps([{"message": "ok"}, {"msg": "x"}, {"message": "ok"}, 7]))
+    assert status == 400 and [e["index"] for e in answer["invalid"]] == [1, 3], answer
+    assert answer["error"] == "2 of 4 events are invalid; none was accepted"
+    status, answer, _ = curl(url, b"{not json")
+    assert status == 400 and answer["error"].startswith("the body is not JSON: "), answer
+    status, answer, _ = curl(url, orjson.dumps([{"message": "x" * 100}] * 50))
+    assert (status, answer) == (413, {"error": "the body is over 4096 bytes"})
+    status, answer, hdrs = curl(url, orjson.dumps(one), token=None)
+    assert status == 401 and hdrs["www-authenticate"] == "Bearer"
+    status, answer, _ = curl(url, orjson.dumps(one), token="wrong")
+    assert status == 401
+
+    live = _status(agent)["ingest"]["counters"]
+    _out, err = agent.stop()
+    assert agent.proc.returncode == 0, err
+    c = summary_of(err)["ingest"]
+    assert c == {**c, "requests": 13, "accepted_requests": 6, "accepted": 11, "duplicate_requests": 2,
+                 "refused_requests_invalid": 2, "refused_events_invalid": 4, "refused_requests_too_large": 1,
+                 "refused_requests_unauthorized": 2, "buffered": 11, "delivered": 11, "messages_delivered": 11,
+                 "left_in_buffer": 0}
+    assert sum(v for k, v in c.items() if k.startswith(("refused_", "dropped_"))) == 2 + 4 + 1 + 2
+    assert live["accepted"] == 11 and live["requests"] == 13
+
+    events = log_events(stack, agent.logs_topic)
+    assert sorted(e["message"] for _m, e in events) == sorted(sent)
+    assert len({(e["agent_instance"], e["sequence"]) for _m, e in events}) == 11
+    assert sorted(e["sequence"] for _m, e in events) == list(range(11))
+    assert {m.key() for m, _e in events} == {agent_host(events)} and len({m.partition() for m, _e in events}) == 1
+    single = next(e for _m, e in events if e["message"] == "single")
+    assert single["level"] == "info" and single["attributes"] == {"user": "al"} and single["source"] == "GENERIC"
+    assert (single["src_port"], single["dst_port"], single["src_ip"]) == (40000, 80, bytes([10, 0, 0, 1]))
+    kong = next(e for _m, e in events if e["source"] == "KONG")
+    assert (kong["http_status"], kong["duration_ns"], kong["src_port"]) == (200, 18_000_000, 51234)
+
+
+def agent_host(events: list[tuple[Any, dict[str, Any]]]) -> bytes:
+    return str(events[0][1]["host_id"]).encode()
+
+
+def test_memory_buffer_answers_once_kafka_has_the_events(veth, stack, start_agent, tmp_path: Path) -> None:
+    agent = _agent(start_agent, veth, stack, tmp_path, "memory")
+    url = agent.url + "/api/v1/logging"
+    for i in range(3):
+        status, answer, _ = curl(url, orjson.dumps({"message": f"acked {i}"}))
+        assert (status, answer) == (202, {"accepted": 1, "duplicate": False})
+        # the 202 came after Kafka's acknowledgement: the event is readable now
+        assert f"acked {i}" in {e["message"] for _m, e in log_events(stack, agent.logs_topic)}
+    _out, err = agent.stop()
+    c = summary_of(err)["ingest"]
+    assert (c["accepted"], c["delivered"], c["buffered"]) == (3, 3, 3)
+
+
+def test_a_full_queue_answers_429_with_retry_after(veth, stack, start_agent, tmp_path: Path) -> None:
+    # the first request lingers 2 s for company and holds the whole queue meanwhile
+    agent = _agent(start_agent, veth, stack, tmp_path, "disk", max_queue_events=2, linger_ms=2000.0)
+    url = agent.url + "/api/v1/logging"
+    first: list[Any] = []
+    waiting = threading.Thread(target=lambda: first.append(curl(url, orjson.dumps([{"message": "a"},
+                                                                                  {"message": "b"}]))))
+    waiting.start()
+    from tests.conftest import wait_for
+
+    wait_for(lambda: _status(agent)["ingest"]["queue"]["held_events"] == 2, 10, "the first request to queue")
+    status, answer, hdrs = curl(url, orjson.dumps({"message": "c"}))
+    assert (status, hdrs["retry-after"]) == (429, "1") and "retry later" in answer["error"]
+    waiting.join(30)
+    assert first[0][:2] == (202, {"accepted": 2, "duplicate": False})
+    _out, err = agent.stop()
+    c = summary_of(err)["ingest"]
+    assert (c["accepted"], c["refused_requests_overloaded"], c["refused_events_overloaded"], c["delivered"]) == \
+        (2, 1, 1, 2)
