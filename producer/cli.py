@@ -178,6 +178,8 @@ def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--url", default=None, help="the agent's server (default: http://<telemetry.listen>, "
                    "127.0.0.1:9464; env HDRLOG_LISTEN)")
     p.add_argument("--json", action="store_true", help="print the JSON as the agent serves it")
+    p.add_argument("--config", type=Path, default=None, help="the agent's config file, for its listen address, "
+                   "bearer token (telemetry.token_file) and certificate (telemetry.tls_cert_file)")
 
 
 def _stack_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -418,14 +420,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from producer.telemetry.status import render
 
+    telemetry = load_config(args.config, os.environ).telemetry
     url = args.url
     if url is None:
-        listen = load_config(None, os.environ).telemetry.listen
-        if listen == "off":
+        if telemetry.listen == "off":
             raise ConfigError("telemetry.listen is off: give --url")
-        url = f"http://{listen}"
+        url = f"{'https' if telemetry.tls_cert_file else 'http'}://{telemetry.listen}"
+    token = telemetry.token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        r = httpx2.get(url.rstrip("/") + "/api/v1/status", timeout=5)
+        r = httpx2.get(url.rstrip("/") + "/api/v1/status", timeout=5, headers=headers,
+                       verify=telemetry.tls_cert_file or True)
         r.raise_for_status()
         doc = r.json()
     except (httpx2.HTTPError, ValueError) as exc:

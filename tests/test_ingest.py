@@ -188,3 +188,36 @@ def test_a_full_queue_answers_429_with_retry_after(veth, stack, start_agent, tmp
     c = summary_of(err)["ingest"]
     assert (c["accepted"], c["refused_requests_overloaded"], c["refused_events_overloaded"], c["delivered"]) == \
         (2, 1, 1, 2)
+
+
+def test_tls_and_the_token_reach_hdrlog_status(veth, stack, start_agent, tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    agent = _agent(start_agent, veth, stack, tmp_path, "disk")
+    cfg = tmp_path / "agent.toml"
+    agent.stop()
+    cfg.write_text(cfg.read_text().replace("[telemetry]\n", f'[telemetry]\ntls_cert_file = "{cert}"\n'
+                                           f'tls_key_file = "{key}"\n'))
+    agent = start_agent(veth.host_if, "--config", str(cfg), "--bootstrap-servers", stack.bootstrap_servers,
+                        "--schema-registry", stack.registry_url)
+    agent.wait_attached()
+    assert agent.url.startswith("https://127.0.0.1:")
+    argv = ["curl", "-sS", "--cacert", str(cert), "-H", f"Authorization: Bearer {TOKEN}", "-o", "/dev/null",
+            "-w", "%{http_code}", "-X", "POST", "--data-binary", '{"message": "over tls"}',
+            agent.url + "/api/v1/logging"]
+    assert subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout == "202"
+    plain = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                            agent.url.replace("https", "http") + "/api/v1/status"],
+                           capture_output=True, text=True, timeout=60)
+    assert plain.stdout != "200"  # no plaintext answer on the TLS port
+    from tests.conftest import run_hdrlog
+
+    shown = run_hdrlog("status", "--config", str(cfg), "--url", agent.url)
+    assert shown.returncode == 0, shown.stderr
+    assert "ingest   requests 1  events accepted 1" in shown.stdout
+    no_token = run_hdrlog("status", "--url", agent.url, env={**__import__("os").environ,
+                                                             "SSL_CERT_FILE": str(cert)})
+    assert no_token.returncode == 1 and "401" in no_token.stderr
+    agent.stop()
