@@ -85,6 +85,8 @@ def ecs_problems(event: dict[str, Any]) -> list[str]:
         if path.startswith(OWN_NAMESPACE):
             continue
         spec = fields.get(path)
+        if spec is None and path.startswith("labels.") and "." not in path[7:]:
+            spec = {**fields["labels"], "Type": "keyword"}  # custom key/value pairs: keyword values, no dots in keys
         if spec is None:
             problems.append(f"{path}: not an ECS {next(iter(fields.values()))['ECS_Version']} field")
             continue
@@ -108,8 +110,8 @@ def ecs_problems(event: dict[str, Any]) -> list[str]:
 
 
 @functools.cache
-def ocsf_class() -> dict[str, Any]:
-    return dict(json.loads((DATA / "ocsf" / "network_activity.json").read_text(encoding="utf-8")))
+def ocsf_class(name: str = "network_activity") -> dict[str, Any]:
+    return dict(json.loads((DATA / "ocsf" / f"{name}.json").read_text(encoding="utf-8")))
 
 
 def _ocsf_scalar(path: str, spec: dict[str, Any], v: Any, types: dict[str, Any]) -> list[str]:
@@ -164,14 +166,14 @@ def _ocsf_object(path: str, doc: dict[str, Any], attrs: dict[str, Any], required
     return problems
 
 
-def ocsf_problems(event: dict[str, Any]) -> list[str]:
-    cls = ocsf_class()
+def ocsf_problems(event: dict[str, Any], class_name: str = "network_activity") -> list[str]:
+    cls = ocsf_class(class_name)
     attrs = dict(cls["attributes"])
     for profile in event.get("metadata", {}).get("profiles", []):
         attrs.update(cls["profiles"][profile]["attributes"])
     problems = _ocsf_object("", event, attrs, cls["required_attributes"], cls["constraints"], cls)
     if event.get("class_uid") != cls["class_uid"] or event.get("category_uid") != cls["category_uid"]:
-        problems.append("class_uid / category_uid are not Network Activity's")
+        problems.append(f"class_uid / category_uid are not {cls['class_name']}'s")
     if event.get("type_uid") != event.get("class_uid", 0) * 100 + event.get("activity_id", 0):
         problems.append("type_uid is not class_uid * 100 + activity_id")
     return problems

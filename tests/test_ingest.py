@@ -99,7 +99,8 @@ def test_every_accepted_event_is_in_kafka_once_and_every_refusal_is_counted(veth
         assert (status, answer) == (202, {"accepted": n, "duplicate": False}), answer
 
     one = {"message": "single", "level": "INFO",
-           "details": {"src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "src_port": 40000, "port": 80, "user": "al"}}
+           "details": {"src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "src_port": 40000, "port": 80,
+                       "protocol": "tcp", "user": "al"}}
     accepted(one, 1)
     accepted([{"message": f"array {i}"} for i in range(3)], 3)
     accepted(b'{"message": "nd 0"}\n{"message": "nd 1"}\n', 2, content_type="application/x-ndjson")
@@ -150,6 +151,27 @@ def test_every_accepted_event_is_in_kafka_once_and_every_refusal_is_counted(veth
     assert (single["src_port"], single["dst_port"], single["src_ip"]) == (40000, 80, bytes([10, 0, 0, 1]))
     kong = next(e for _m, e in events if e["source"] == "KONG")
     assert (kong["http_status"], kong["duration_ns"], kong["src_port"]) == (200, 18_000_000, 51234)
+
+    # the consumer maps them: ECS and OCSF HTTP Activity, one event each, with the Community ID
+    from tests.conftest import run_hdrlog
+
+    for fmt, check in (("ecs", lambda e: e["event"]["dataset"] == "hdrlog.logs"),
+                       ("ocsf", lambda e: e["class_uid"] == 4002)):
+        out = tmp_path / fmt
+        done = run_hdrlog("consume", "--topic", agent.logs_topic, "--bootstrap-servers", stack.bootstrap_servers,
+                          "--schema-registry", stack.registry_url, "--from-beginning", "--idle-timeout", "3",
+                          "--group", f"test-{uuid.uuid4().hex[:8]}", "--format", fmt, "--sink", f"file:{out}")
+        assert done.returncode == 0, done.stderr
+        docs = [orjson.loads(line) for f in sorted(out.rglob("*.ndjson")) for line in f.read_bytes().splitlines()]
+        assert len(docs) == 11 and all(check(d) for d in docs), docs[:2]
+        assert sorted(d["message"] for d in docs) == sorted(sent)
+    ecs = [orjson.loads(line) for f in sorted((tmp_path / "ecs").rglob("*.ndjson"))
+           for line in f.read_bytes().splitlines()]
+    single_doc = next(d for d in ecs if d["message"] == "single")
+    import communityid  # the reference implementation
+
+    flow = communityid.FlowTuple.make_tcp("10.0.0.1", "10.0.0.2", 40000, 80)
+    assert single_doc["network"]["community_id"] == communityid.CommunityID().calc(flow)
 
 
 def agent_host(events: list[tuple[Any, dict[str, Any]]]) -> bytes:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+from producer.consumer.logs import cim_web, map_logs
 from producer.consumer.mapping import (
     ETHER_TYPES,
     IANA_KEYWORDS,
@@ -66,6 +67,9 @@ class CimFormatter:
 
     def events(self, records: Sequence[dict[str, Any]], origin: Origin) -> list[dict[str, Any]]:
         return map_each(records, origin, partial(cim_event, t=self._texts))
+
+    def log_events(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        return map_logs(records, partial(cim_web, t=self._texts))
 
     def partition(self, event: dict[str, Any]) -> tuple[str, str]:
         return utc_date(int(event["_time"] * 1e9)), str(event["dvc"])

@@ -31,6 +31,7 @@ from producer.serialize.registry import Registry
 IDENTITY_FIELDS = ("capture_id", "capture_cpu", "capture_seq", "agent_instance", "sequence")
 BATCH_FIELDS = ("host_id", "capture_id", "agent_instance", "sequence")
 HEADER_SCHEMAS = ("HeaderBatch", "HeaderRecord")
+LOG_SCHEMA = "LogEvent"  # the HTTP ingest's events (consumer/logs.py maps them)
 SCHEMA_NOT_FOUND = 40403  # the Confluent API's error code (Apicurio's ccompat API answers the same)
 
 
@@ -85,8 +86,8 @@ class MessageDecoder:
         except SerializationError as exc:
             raise PoisonMessage(str(exc), Poison.BAD_MAGIC) from exc
         name, _parsed = self._schema(schema_id)
-        if name not in HEADER_SCHEMAS:
-            raise PoisonMessage(f"schema id {schema_id} is {name or 'unnamed'}, not a header record schema",
+        if name not in HEADER_SCHEMAS and name != LOG_SCHEMA:
+            raise PoisonMessage(f"schema id {schema_id} is {name or 'unnamed'}, not a header record or log schema",
                                 Poison.WRONG_SCHEMA)
         return Frame(schema_id, name, self._readers.get(schema_id))
 
@@ -133,9 +134,18 @@ class MessageDecoder:
             raise PoisonMessage(f"schema id {schema_id} is not a record schema", Poison.WRONG_SCHEMA)
         return name, datum, False
 
+    def message(self, value: bytes) -> tuple[str, list[dict[str, Any]]]:
+        """(schema name, its records): the header records of a HeaderBatch or HeaderRecord message, or
+        the one LogEvent of a log message; any other schema is poison here."""
+        if self.frame(value).name == LOG_SCHEMA:
+            name, datum, _carried = self._decode(value)
+            return name, [datum]
+        return "", self.records(value)
+
     def records(self, value: bytes) -> list[dict[str, Any]]:
         """The header records of a HeaderBatch or HeaderRecord message; any other schema is poison here."""
-        self.frame(value)
+        if self.frame(value).name == LOG_SCHEMA:
+            raise PoisonMessage("a LogEvent, not a header record", Poison.WRONG_SCHEMA)
         name, datum, carried = self._decode(value, BATCH_FIELDS)
         try:
             if name == "HeaderBatch":

@@ -23,6 +23,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from producer.consumer.logs import ecs_log, map_logs
 from producer.consumer.mapping import (
     ETHER_TYPES,
     IANA_KEYWORDS,
@@ -216,3 +217,6 @@ class EcsFormatter:
 
     def events(self, records: Sequence[dict[str, Any]], origin: Origin) -> list[dict[str, Any]]:
         return map_each(records, origin, partial(ecs_event, t=self._texts))
+
+    def log_events(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        return map_logs(records, partial(ecs_log, t=self._texts))

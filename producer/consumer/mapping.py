@@ -194,6 +194,10 @@ class Formatter(Protocol):
 
     def events(self, records: Sequence[dict[str, Any]], origin: Origin) -> list[dict[str, Any]]: ...
 
+    def log_events(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """LogEvents (the agent's HTTP ingest) -> events, one per record (consumer/logs.py)."""
+        ...
+
     def partition(self, event: dict[str, Any]) -> tuple[str, str]:
         """(UTC date YYYY-MM-DD, host) of one of its events: the Parquet sink's partition."""
         ...
@@ -220,6 +224,18 @@ def sample_records() -> list[dict[str, Any]]:
         "icmp_type": 8, "icmp_code": 0, "packet_length": 60, "gso_segments": 1, "truncated": False,
         "parse_anomaly": False, "sample_rate": 1}
     return [base, {**base, "direction": "EGRESS", "ip_version": 6, "src_ip": bytes(16), "dst_ip": bytes(16)}]
+
+
+def sample_log_records() -> list[dict[str, Any]]:
+    """Synthetic LogEvents that between them set every field: what a log dataset's Parquet schema is
+    inferred from."""
+    base: dict[str, Any] = {
+        "timestamp_ns": 1, "received_ns": 1, "host_id": "h", "agent_instance": "a", "sequence": 0,
+        "source": "KONG", "level": "info", "message": "m", "src_ip": bytes(4), "dst_ip": bytes(4), "src_port": 1,
+        "dst_port": 2, "ip_proto": 6, "http_method": "GET", "http_url": "/", "http_status": 200,
+        "http_user_agent": "u", "http_request_bytes": 1, "http_response_bytes": 1, "duration_ns": 1,
+        "attributes": {"k": "v"}}
+    return [base, {**base, "src_ip": bytes(16), "dst_ip": bytes(16)}]
 
 
 def map_each(records: Sequence[dict[str, Any]], origin: Origin,
@@ -253,3 +269,9 @@ class RawFormatter:
             return out
 
         return map_each(records, origin, one)
+
+    def log_events(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        from producer.consumer.logs import map_logs, raw_log
+
+        texts = Texts()
+        return map_logs(records, lambda r, eid: raw_log(r, eid, texts))

@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from producer import __version__
+from producer.consumer.logs import map_logs, ocsf_http
 from producer.consumer.mapping import (
     IANA_KEYWORDS,
     Origin,
@@ -101,3 +102,6 @@ class OcsfFormatter:
 
     def events(self, records: Sequence[dict[str, Any]], origin: Origin) -> list[dict[str, Any]]:
         return map_each(records, origin, partial(ocsf_event, t=self._texts))
+
+    def log_events(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        return map_logs(records, partial(ocsf_http, t=self._texts))

@@ -37,11 +37,11 @@ import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from producer.consumer.deadletter import DeadLetters
-from producer.consumer.decoding import Frame, MessageDecoder
+from producer.consumer.decoding import LOG_SCHEMA, Frame, MessageDecoder
 from producer.consumer.mapping import Formatter, MappingError, Origin
 from producer.consumer.reader import Columns
 from producer.consumer.render import Block
-from producer.consumer.sinks.base import Events, Sink
+from producer.consumer.sinks.base import Events, LogPart, Sink
 from producer.consumer.telemetry import ConsumerTelemetry, CStat, Poison, Progress
 from producer.errors import BrokerError, HdrlogError, PoisonMessage, RegistryError, SinkError
 from producer.retry import with_retry
@@ -417,7 +417,7 @@ class Runner:
         where = f"{origin.topic}[{origin.partition}]@{origin.offset}"
         try:
             value: bytes = msg.value() or b""
-            records = self._lookup(partial(decoder.records, value))
+            name, records = self._lookup(partial(decoder.message, value))
         except PoisonMessage as exc:
             reason = Poison(exc.reason)
             tel.dead_letter(reason, where, str(exc), message=True)
@@ -425,6 +425,8 @@ class Runner:
             return None
         tel.add(CStat.RECORDS_DECODED, len(records))
         try:
+            if name == LOG_SCHEMA:
+                return LogPart(self.formatter.log_events(records))
             return self.formatter.events(records, origin)
         except MappingError as exc:
             tel.dead_letter(Poison.MAPPING_ERROR, where, str(exc), message=True, records=len(records))

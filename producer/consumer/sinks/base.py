@@ -27,6 +27,11 @@ from producer.consumer.render import Block
 Event = dict[str, Any]
 
 
+class LogPart(list[Event]):
+    """Events mapped from LogEvents (the HTTP ingest's), not header records: a sink with a fixed
+    schema per kind (Parquet) keeps them apart."""
+
+
 class Events:
     """The events of one consume() batch, in order: lists of dicts and Blocks."""
 

@@ -13,7 +13,9 @@ dedupe).
 
 The Arrow schema is fixed per output format (``schema_for``): the format's
 events for synthetic records that set every field, so every file of a
-dataset has the same columns, whatever subset its rows use.
+dataset has the same columns, whatever subset its rows use.  Log events (from
+a LogEvent topic: ``LogPart``) are another dataset with their own schema,
+under ``logs/`` in the same directory, partitioned alike.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from producer.consumer.mapping import Formatter, Origin, ParquetHints, sample_records
+from producer.consumer.mapping import Formatter, Origin, ParquetHints, sample_log_records, sample_records
 from producer.consumer.render import Block
-from producer.consumer.sinks.base import Events, EventsIn, as_events
+from producer.consumer.sinks.base import Events, EventsIn, LogPart, as_events
 from producer.errors import SinkError
 
-Partition = tuple[str, str]
+Partition = tuple[str, str, bool]  # date, host, log events
 log = logging.getLogger(__name__)
 
 
@@ -56,13 +58,19 @@ def schema_for(formatter: Formatter) -> pa.Schema:
     return pa.Table.from_pylist(formatter.events(sample_records(), Origin("schema", 0, 0))).schema
 
 
+def log_schema_for(formatter: Formatter) -> pa.Schema:
+    """The Arrow schema of ``formatter``'s log events (consumer/logs.py), inferred alike."""
+    return pa.Table.from_pylist(formatter.log_events(sample_log_records())).schema
+
+
 class ParquetSink:
     name = "parquet"
 
-    def __init__(self, directory: Path, formatter: Formatter, partition: Callable[[dict[str, Any]], Partition], *,
+    def __init__(self, directory: Path, formatter: Formatter, partition: Callable[[dict[str, Any]], tuple[str, str]], *,
                  file_rows: int = 1_000_000, row_group_rows: int = 128 * 1024, compression: str = "zstd") -> None:
         self.directory = directory
         self.schema = schema_for(formatter)
+        self.log_schema = log_schema_for(formatter)
         self._partition = partition
         self._file_rows = file_rows
         self._row_group_rows = row_group_rows
@@ -81,19 +89,23 @@ class ParquetSink:
         except OSError as exc:
             raise SinkError(f"cannot create {directory}: {exc.strerror}") from exc
 
+    def _schema(self, key: Partition) -> pa.Schema:
+        return self.log_schema if key[2] else self.schema
+
     def _groups(self, events: Events) -> dict[Partition, list[pa.RecordBatch]]:
         """The events as Arrow record batches, by partition (a Block's straight from its columns)."""
         groups: dict[Partition, list[pa.RecordBatch]] = {}
         for p in events.parts:
             if isinstance(p, Block) and p.batch.schema.equals(self.schema):
-                for key, batch in p.partitions():
-                    groups.setdefault(key, []).append(batch)
+                for (dt, host), batch in p.partitions():
+                    groups.setdefault((dt, host, False), []).append(batch)
                 continue
+            logs = isinstance(p, LogPart)
             rows: dict[Partition, list[dict[str, Any]]] = {}
             for e in (p.dicts() if isinstance(p, Block) else p):
-                rows.setdefault(self._partition(e), []).append(e)
+                rows.setdefault((*self._partition(e), logs), []).append(e)
             for key, part in rows.items():
-                groups.setdefault(key, []).append(pa.RecordBatch.from_pylist(part, schema=self.schema))
+                groups.setdefault(key, []).append(pa.RecordBatch.from_pylist(part, schema=self._schema(key)))
         return groups
 
     def write(self, events: EventsIn) -> list[tuple[int, str]]:
@@ -101,7 +113,7 @@ class ParquetSink:
         failure to write one leaves its rows buffered for ``flush`` (which raises it): a retried
         ``write`` would buffer the same rows twice."""
         for key, batches in self._groups(as_events(events)).items():
-            rows = pa.Table.from_batches(batches, schema=self.schema)
+            rows = pa.Table.from_batches(batches, schema=self._schema(key))
             start = 0
             while start < rows.num_rows:  # a file closes at exactly file_rows
                 room = self._file_rows - self._rows.get(key, 0)
@@ -121,16 +133,19 @@ class ParquetSink:
         self._rows.pop(key, None)
         if not batches:
             return
-        dt, host = key
-        folder = self.directory / f"dt={dt}" / f"host={quote(host, safe='')}"
+        dt, host, logs = key
+        folder = (self.directory / "logs" if logs else self.directory) / f"dt={dt}" / f"host={quote(host, safe='')}"
         name = f"part-{uuid.uuid4().hex}.parquet"
         tmp = folder / f".{name}.tmp"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            table = pa.Table.from_batches(batches, schema=self.schema)
-            pq.write_table(table, tmp, row_group_size=self._row_group_rows, compression=self._compression,
-                           use_dictionary=self._dictionary, column_encoding=self._encoding or None,
-                           write_statistics=self._statistics)
+            table = pa.Table.from_batches(batches, schema=self._schema(key))
+            if logs:  # the format's hints name the header dataset's columns
+                pq.write_table(table, tmp, row_group_size=self._row_group_rows, compression=self._compression)
+            else:
+                pq.write_table(table, tmp, row_group_size=self._row_group_rows, compression=self._compression,
+                               use_dictionary=self._dictionary, column_encoding=self._encoding or None,
+                               write_statistics=self._statistics)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.rename(tmp, folder / name)
