@@ -92,7 +92,7 @@ def _kafka(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Ide
     publisher = KafkaPublisher(k.bootstrap_servers, k.properties, buffer, telemetry,
                                DeadLetters(cfg.state_path / "dead-letter.jsonl"), retry_backoff_s=k.retry_backoff_s,
                                window_bytes=min(WINDOW_BYTES, cfg.buffer.cap_bytes // 4),
-                               per_entry_reports=k.shape == "record")
+                               per_entry_reports=k.shape == "record" or bool(_ingest_topic(cfg)))
     with_retry(lambda: publisher.check_reachable(min(5.0, max(k.connect_timeout_s, 0.5))),
                deadline_s=k.connect_timeout_s, on_retry=_retrying)
     for s in subjects:

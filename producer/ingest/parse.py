@@ -104,21 +104,55 @@ def items_of(body: bytes, content_type: str) -> list[Any]:
     return out
 
 
-def parse(body: bytes, content_type: str, shape: Shape, received_ns: int) -> Parsed:
+class Values:
+    """The conversions that repeat from event to event (addresses, protocol names), cached; one per
+    server.  Each cache starts again at CACHE_MAX entries, so memory stays bounded."""
+
+    CACHE_MAX = 1 << 16
+
+    def __init__(self) -> None:
+        self._addresses: dict[str, bytes] = {}
+        self._protocols: dict[Any, int] = {}
+
+    def address(self, value: Any, what: str) -> bytes:
+        if value.__class__ is str:
+            raw = self._addresses.get(value)
+            if raw is not None:
+                return raw
+        raw = address(value, what)
+        if len(self._addresses) >= self.CACHE_MAX:
+            self._addresses.clear()
+        self._addresses[value] = raw
+        return raw
+
+    def protocol(self, value: Any) -> int:
+        if value.__class__ in (str, int):
+            number = self._protocols.get(value)
+            if number is not None:
+                return number
+        number = protocol(value)
+        if len(self._protocols) >= self.CACHE_MAX:
+            self._protocols.clear()
+        self._protocols[value] = number
+        return number
+
+
+def parse(body: bytes, content_type: str, shape: Shape, received_ns: int, values: Values | None = None) -> Parsed:
     """Every item of ``body`` as a row, or why not.  Raises BodyError for a body that has no items."""
     items = items_of(body, content_type)
     if not items:
         raise BodyError("the body holds no events")
     convert = CONVERTERS[shape]
+    v = values or Values()
     rows: list[Row] = []
     errors: list[tuple[int, str]] = []
     for i, item in enumerate(items):
         try:
-            if isinstance(item, Bad):
-                raise item
-            if not isinstance(item, dict):
+            if item.__class__ is not dict:
+                if isinstance(item, Bad):
+                    raise item
                 raise Bad(f"an event must be a JSON object, not {type(item).__name__}")
-            rows.append(convert(item, received_ns))
+            rows.append(convert(item, received_ns, v))
         except Bad as exc:
             errors.append((i, str(exc)))
     return Parsed(rows if not errors else [], errors, len(items))
@@ -182,6 +216,8 @@ def whole(value: Any, what: str, high: int) -> int:
 
 
 def port(value: Any, what: str) -> int:
+    if value.__class__ is int and 0 <= value <= 0xFFFF:
+        return int(value)
     return whole(value, what, 0xFFFF)
 
 
@@ -234,44 +270,56 @@ _GENERIC_KEYS = frozenset({"message", "timestamp", "level", "details"})
 _TUPLE_KEYS = frozenset({"src_ip", "dst_ip", "src_port", "dst_port", "port", "protocol"})
 
 
-def generic(item: dict[str, Any], received_ns: int) -> Row:
-    unknown = item.keys() - _GENERIC_KEYS
-    if unknown:
-        raise Bad(f"unknown field {sorted(unknown)[0]!r} (free attributes go in details)")
-    if "message" not in item:
-        raise Bad("message is missing")
-    message = text(item["message"], "message")
+def generic(item: dict[str, Any], received_ns: int, v: Values) -> Row:
+    """The hot path of the ingest (one call an event): checks first, few calls."""
+    if not item.keys() <= _GENERIC_KEYS:
+        raise Bad(f"unknown field {sorted(item.keys() - _GENERIC_KEYS)[0]!r} (free attributes go in details)")
+    message = item.get("message")
+    if message.__class__ is not str:
+        raise Bad("message is missing" if message is None else "message must be a string")
     ts = item.get("timestamp")
-    level = _opt(item.get("level"), text, "level")
+    level = item.get("level")
+    level = text(level, "level").lower() if level is not None and level != "" else None
     details = item.get("details")
-    details = {} if details is None else details
-    if not isinstance(details, dict):
-        raise Bad("details must be a JSON object")
-    src = _opt(details.get("src_ip"), address, "details.src_ip")
-    dst = _opt(details.get("dst_ip"), address, "details.dst_ip")
-    _pair(src, dst)
-    if "dst_port" in details and "port" in details:
-        raise Bad("details has both dst_port and port")
-    dport = details.get("dst_port", details.get("port"))
-    proto = details.get("protocol")
-    attrs = {k: v for k, v in details.items() if k not in _TUPLE_KEYS}
-    return (timestamp_ns(ts) if ts is not None else received_ns, received_ns, Shape.GENERIC.value,
-            None if level is None else level.lower(), message, src, dst,
-            _opt(details.get("src_port"), port, "details.src_port"), _opt(dport, port, "details.dst_port"),
-            None if proto is None else protocol(proto), None, None, None, None, None, None, None,
-            {k: scalar_text(v, f"details.{k}") for k, v in attrs.items() if v is not None})
+    src = dst = sport = dport = proto = None
+    attrs: dict[str, str] = {}
+    if details is not None:
+        if details.__class__ is not dict:
+            raise Bad("details must be a JSON object")
+        for key, value in details.items():
+            if key not in _TUPLE_KEYS:
+                if value is not None:
+                    attrs[key] = value if value.__class__ is str else scalar_text(value, f"details.{key}")
+            elif value is None or value == "":
+                continue
+            elif key == "src_ip":
+                src = v.address(value, "details.src_ip")
+            elif key == "dst_ip":
+                dst = v.address(value, "details.dst_ip")
+            elif key == "src_port":
+                sport = port(value, "details.src_port")
+            elif key == "protocol":
+                proto = v.protocol(value)
+            else:  # dst_port or port
+                if dport is not None:
+                    raise Bad("details has both dst_port and port")
+                dport = port(value, "details.dst_port")
+        if src is not None and dst is not None and len(src) != len(dst):
+            raise Bad("src_ip and dst_ip are of different address families")
+    return (received_ns if ts is None else timestamp_ns(ts), received_ns, 0, level, message, src, dst, sport, dport,
+            proto, None, None, None, None, None, None, None, attrs)
 
 
 def _request_line(method: str | None, url: str | None, status: int | None) -> str:
     return " ".join(str(p) for p in (method, url, status) if p is not None) or "(no request line)"
 
 
-def kong(item: dict[str, Any], received_ns: int) -> Row:
+def kong(item: dict[str, Any], received_ns: int, v: Values) -> Row:
     request, response = item.get("request"), item.get("response")
     if not isinstance(request, dict) or not isinstance(response, dict):
         raise Bad("not a Kong http-log entry (no request and response objects)")
-    src = _opt(item.get("client_ip"), address, "client_ip")
-    dst = _opt(item.get("server_addr"), address, "server_addr")
+    src = _opt(item.get("client_ip"), v.address, "client_ip")
+    dst = _opt(item.get("server_addr"), v.address, "server_addr")
     _pair(src, dst)
     method = _opt(request.get("method"), text, "request.method")
     url = _opt(request.get("url") or request.get("uri"), text, "request.url")
@@ -308,7 +356,7 @@ def _seconds_ns(value: Any, what: str) -> int:
     return round(seconds * 1e9)
 
 
-def apisix(item: dict[str, Any], received_ns: int) -> Row:
+def apisix(item: dict[str, Any], received_ns: int, v: Values) -> Row:
     if isinstance(item.get("request"), dict):
         request, response = item["request"], item.get("response") or {}
         method = _opt(request.get("method"), text, "request.method")
@@ -318,7 +366,7 @@ def apisix(item: dict[str, Any], received_ns: int) -> Row:
         latency = item.get("latency")
         return (epoch_ms_ns(started, "start_time") if started is not None else received_ns, received_ns,
                 Shape.APISIX.value, None, _request_line(method, url, status),
-                _opt(item.get("client_ip"), address, "client_ip"), None, None, None, TCP, method, url, status,
+                _opt(item.get("client_ip"), v.address, "client_ip"), None, None, None, TCP, method, url, status,
                 _opt(_get(request, "headers", "user-agent"), text, "user-agent"),
                 _opt(request.get("size"), lambda v, w: whole(v, w, MAX_NS), "request.size"),
                 _opt(_get(response, "size"), lambda v, w: whole(v, w, MAX_NS), "response.size"),
@@ -327,8 +375,8 @@ def apisix(item: dict[str, Any], received_ns: int) -> Row:
                              "upstream": item.get("upstream"), "host": _get(request, "headers", "host")}))
     if "client_ip" not in item and "method" not in item:
         raise Bad("not an APISIX http-logger entry (neither its default form nor the README's log_format)")
-    src = _opt(item.get("client_ip"), address, "client_ip")
-    dst = _opt(item.get("server_addr"), address, "server_addr")
+    src = _opt(item.get("client_ip"), v.address, "client_ip")
+    dst = _opt(item.get("server_addr"), v.address, "server_addr")
     _pair(src, dst)
     method = _opt(item.get("method"), text, "method")
     url = _opt(item.get("uri"), text, "uri")
@@ -344,5 +392,5 @@ def apisix(item: dict[str, Any], received_ns: int) -> Row:
             _attributes({k: v for k, v in item.items() if k not in _APISIX_FLAT and not isinstance(v, dict | list)}))
 
 
-CONVERTERS: Mapping[Shape, Callable[[dict[str, Any], int], Row]] = {
+CONVERTERS: Mapping[Shape, Callable[[dict[str, Any], int, Values], Row]] = {
     Shape.GENERIC: generic, Shape.KONG: kong, Shape.APISIX: apisix}

@@ -325,17 +325,21 @@ class IngestStage:
 
     def _accept(self, group: list[Pending]) -> None:
         answered: list[Pending] = []
+        events = repeats = 0
         for p in group:
             if p.answer is None:
                 p.answer = Answer(202, "", p.events)
-                self._tel.ingest(IngestStat.ACCEPTED_REQUESTS)
-                self._tel.ingest(IngestStat.ACCEPTED, p.events)
+                events += p.events
                 answered.append(p)
             if p.key is not None:
                 for repeat in self._keys.settle(p.key, accepted=True):
                     repeat.answer = Answer(202, "", p.events, duplicate=True)
-                    self._tel.ingest(IngestStat.DUPLICATE_REQUESTS)
+                    repeats += 1
                     answered.append(repeat)
+        self._tel.ingest(IngestStat.ACCEPTED_REQUESTS, len(answered) - repeats)
+        self._tel.ingest(IngestStat.ACCEPTED, events)
+        if repeats:
+            self._tel.ingest(IngestStat.DUPLICATE_REQUESTS, repeats)
         self._hand_over(answered, group)
 
     def _refuse(self, group: list[Pending], reason: Refusal, text: str, *, settle: bool = True) -> None:

@@ -32,7 +32,7 @@ Delivery, in order and never silently lost:
   with the same identity.
 
 Acknowledgements without a Python call per message (``per_entry_reports``, the
-record shape's thousands of messages per entry): only an entry's *last*
+record shape's thousands of messages per entry, and the HTTP ingest's log events): only an entry's *last*
 message carries a delivery report.  Its success proves the earlier ones
 delivered, because all of an entry's messages share one key and so one
 partition, the idempotent producer writes a partition in order and the broker

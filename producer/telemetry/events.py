@@ -161,6 +161,12 @@ class Telemetry:
         with self._lock:
             self._ingest[stat.value] += n
 
+    def ingest_request(self, body_bytes: int) -> None:
+        """A request reached the endpoint (one lock for both counters: this is per request)."""
+        with self._lock:
+            self._ingest[IngestStat.REQUESTS.value] += 1
+            self._ingest[IngestStat.BYTES.value] += body_bytes
+
     def refused(self, reason: Refusal, events: int) -> None:
         """A request (with ``events`` events, 0 if unknown) was answered ``STATUS[reason]``."""
         with self._lock:
