@@ -67,7 +67,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; 
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 # re-install when the project's definition or a compiled module's source changes
-stamp=.venv/.installed-$(cat pyproject.toml setup.py producer/serialize/_fastpath.c producer/serialize/_rows.c producer/consumer/_reader.c producer/consumer/_render.c \
+stamp=.venv/.installed-$(cat pyproject.toml setup.py producer/serialize/_fastpath.c producer/serialize/_rows.c producer/ingest/_generic.c producer/consumer/_reader.c producer/consumer/_render.c \
   | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
