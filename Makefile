@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 IFACE ?=
 
-.PHONY: setup run test test-long bench bench-consumer lint stack-up stack-down clean
+.PHONY: setup run test test-long bench bench-consumer bench-ingest lint stack-up stack-down clean
 
 setup:
 	bash scripts/setup.sh
@@ -33,6 +33,12 @@ bench: setup
 bench-consumer: setup
 	$(VENV)/bin/hdrlog stack up --opensearch --connect
 	$(VENV)/bin/hdrlog bench --consumer --update BENCHMARKS.md
+
+## bench-ingest: the HTTP ingest (wrk, single events and arrays of 100, disk buffer, capture running; then a
+## fixed rate with the broker stopped); about 3 minutes; writes benchmarks/results/ingest.* and BENCHMARKS.md
+bench-ingest: setup
+	$(VENV)/bin/hdrlog stack up
+	$(VENV)/bin/hdrlog bench --ingest --update BENCHMARKS.md
 
 stack-up: setup
 	$(VENV)/bin/hdrlog stack up

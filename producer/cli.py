@@ -252,6 +252,10 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="measure `hdrlog consume` instead: each sink and format, a Kafka Connect worker "
                    "(FileStreamSink) on the same topic, and two group members against one; writes "
                    "consumer.json and consumer.md (and FILE's consumer section with --update)")
+    p.add_argument("--ingest", action="store_true",
+                   help="measure the HTTP ingest instead: wrk posting single events and arrays of 100 with the "
+                   "disk buffer while capture runs, then a fixed rate with the broker stopped mid-run; writes "
+                   "ingest.json and ingest.md (and FILE's ingest section with --update); about 3 minutes")
     p.add_argument("--records", type=int, default=500_000, metavar="N",
                    help="--consumer: records the agent writes to each topic (default 500000: runs long enough "
                    "that a consumer's one-time costs weigh little)")
@@ -456,6 +460,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from producer.bench.run import run_bench
+
+    if args.ingest:
+        from producer.bench.ingest import run_ingest_bench
+
+        if os.geteuid() != 0:
+            raise HdrlogError("the benchmark needs root (network namespaces, BPF)")
+        run_ingest_bench(out_dir=args.output, say=lambda line: print(line, flush=True), update=args.update)
+        return 0
 
     if args.consumer:
         from producer.bench.consumer import run_consumer_bench
