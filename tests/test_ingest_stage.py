@@ -170,3 +170,77 @@ def test_idempotency_keys_expire_and_are_bounded() -> None:
     assert keys.claim(Pending([row("m")], "a", 1, reply=None)) is None
     now[0] += 11
     assert keys.claim(Pending([row("m")], "c", 1, reply=None)) is None  # expired: claimed afresh
+
+
+def test_repeats_of_an_unconfirmed_request_are_answered_not_left_waiting() -> None:
+    h = Harness(wait_for_kafka=True, ack_timeout_s=0.3)
+    first, waiting = h.post("slow", key="k2"), h.post("slow", key="k2")  # the second rides along
+    entry_id, _ = wait_for(lambda: h.buffer.take(0.1), 10, "the entry")
+    assert h.wait(first).status == 503 and h.wait(waiting).status == 503  # both at the deadline
+    later = h.post("slow", key="k2")  # while Kafka still has not answered: at once, not a wait without end
+    assert later.answer is not None and later.answer.status == 503 and "not yet acknowledged" in later.answer.text
+    h.buffer.ack([entry_id])
+    retry = wait_for(lambda: (p := h.post("slow", key="k2")).answer is not None and p.answer.duplicate and p, 10,
+                     "the key to be accepted")
+    assert retry.answer.status == 202
+    c = h.tel.ingest_snapshot()
+    assert (c["refused_events_unconfirmed"], c["accepted"]) == (3, 0)
+    h.stop()
+
+
+class _BrokenStore(MemoryStore):
+    def append(self, entry: Any, keys: Any = (), durable: bool = False) -> int:
+        from producer.errors import HdrlogError
+
+        raise HdrlogError("writing the disk buffer: disk I/O error")
+
+
+def test_a_broken_store_answers_the_group_and_stops_the_stage() -> None:
+    tel = Telemetry()
+    buffer = Buffer(_BrokenStore(), 1 << 20, "block", tel, "disk")
+    answered: list[Pending] = []
+    stage = IngestStage(ENCODER, "logs", b"h", buffer, tel, IdempotencyKeys(60, 10),
+                        IngestLimits(100, 1 << 20, 100, 0.0, 1.0), wait_for_kafka=False, kafka_down=lambda: False,
+                        detached=threading.Event(), cancel=Cancel(), reply=answered.extend)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            stage.run()
+        except BaseException as exc:  # noqa: BLE001 - what the agent's thread wrapper sees
+            failures.append(exc)
+
+    p = Pending([row("x")], "k", 1, reply=None)
+    assert stage.submit(p) is None
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(10)
+    assert failures and "disk I/O error" in str(failures[0])
+    assert p.answer is not None and p.answer.status == 500 and "the buffer failed" in p.answer.text
+    late = stage.submit(Pending([row("y")], None, 1, reply=None))  # after the stage stopped: refused, not queued
+    assert late is not None and late.status == 503
+    assert tel.ingest_snapshot()["refused_events_failed"] == 1
+
+
+def test_a_disk_buffer_file_from_before_the_ingest_opens_and_keeps_its_entries(tmp_path: Any) -> None:
+    import sqlite3
+
+    from producer.buffer.disk import DiskStore
+    from producer.records import Encoded
+
+    path = tmp_path / "buffer.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE entries (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, key BLOB NOT NULL, "
+               "payload BLOB NOT NULL, offsets BLOB, records INTEGER NOT NULL, captured_ns INTEGER NOT NULL)")
+    db.execute("INSERT INTO entries (topic, key, payload, offsets, records, captured_ns) VALUES "
+               "('t', x'68', x'0102', NULL, 7, 5)")
+    db.commit()
+    db.close()
+    store = DiskStore(path)
+    try:
+        [old] = list(store.existing())
+        assert (old.records, old.source) == (7, Source.CAPTURE)
+        new = store.append(Encoded("logs", b"h", b"x", None, 2, source=Source.INGEST), [("key-1", 2)], durable=True)
+        assert store.load(new).source is Source.INGEST and [k for k, _n, _t in store.recent_keys()] == ["key-1"]
+    finally:
+        store.close()

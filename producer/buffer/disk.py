@@ -126,7 +126,10 @@ class DiskStore:
             st = os.statvfs(self.path.parent)
         except OSError:
             return True
-        free_pages = self._db.execute("PRAGMA freelist_count").fetchone()[0] * self._page
+        try:
+            free_pages = self._db.execute("PRAGMA freelist_count").fetchone()[0] * self._page
+        except sqlite3.Error as exc:
+            raise HdrlogError(f"reading the disk buffer {self.path}: {exc}") from exc
         growth = size - free_pages
         # growing the database must leave the whole reserve; refilling its free pages only log headroom
         return st.f_bavail * st.f_frsize >= (growth + RESERVE_BYTES if growth > 0 else RESERVE_BYTES // 2)
@@ -160,13 +163,14 @@ class DiskStore:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
                 raise
-            finally:
-                if durable:
-                    db.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             if _is_full(exc):
                 raise StoreFull(f"no room on the file system of {self.path}") from exc
             raise HdrlogError(f"writing the disk buffer {self.path}: {exc}") from exc
+        finally:
+            if durable:  # committed or not, later (capture) commits go back to NORMAL; a failure here
+                with contextlib.suppress(sqlite3.Error):  # must not undo what was committed
+                    db.execute("PRAGMA synchronous=NORMAL")
         return int(cur.lastrowid or 0)
 
     def recent_keys(self) -> list[tuple[str, int, int]]:

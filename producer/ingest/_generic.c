@@ -67,12 +67,14 @@ static int rfc3339(PyObject *text, int64_t *ns)
 	Py_ssize_t i = 19;
 	if (p[i] == '.') {
 		i++;
-		while (i < n && p[i] >= '0' && p[i] <= '9' && fdigits < 10) {
+		while (i < n && p[i] >= '0' && p[i] <= '9') {
+			if (fdigits == 9)
+				return -1; /* a tenth digit: not RFC 3339 as parse.py reads it */
 			frac = frac * 10 + (p[i] - '0');
 			fdigits++;
 			i++;
 		}
-		if (fdigits < 1 || fdigits > 9)
+		if (fdigits < 1)
 			return -1;
 		for (int k = fdigits; k < 9; k++)
 			frac *= 10;

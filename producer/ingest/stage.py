@@ -15,8 +15,13 @@ A refused offer (the buffer is full) answers the group 503.  Answers go back to
 the event loop in one hand-over per group.
 
 Accounting (telemetry/events.py): every event of a request that reached the
-queue is accepted or refused under one ``Refusal``; a repeat of an accepted
-``Idempotency-Key`` is a duplicate and is not enqueued again.
+queue is accepted or refused under one ``Refusal``, answered exactly once
+(``_answer``: a timeout and Kafka's acknowledgement may race); a repeat of an
+accepted ``Idempotency-Key`` is a duplicate and is not enqueued again; a
+repeat of one still being committed waits for the first's answer, and a repeat
+of one that timed out (memory buffer) is answered 503 at once until Kafka
+decides.  A store that fails answers its group 500 and stops the agent;
+requests that arrive after the stage stopped are answered 503.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: Retry-After, in seconds, by status
 RETRY_AFTER = {429: 1, 503: 5}
+UNCONFIRMED_REPEAT = ("Kafka has not yet acknowledged the first request with this Idempotency-Key; "
+                      "retry later with the same key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +97,7 @@ class _Key:
     accepted: bool = False
     waiting: list[Pending] = field(default_factory=list)
     at: float = 0.0
+    unconfirmed: bool = False  # its first request was answered 503 (Kafka slow) and is still waiting
 
 
 class IdempotencyKeys:
@@ -117,7 +125,7 @@ class IdempotencyKeys:
             self._trim(room=1)
             known = self._keys.get(p.key)
             if known is not None:
-                if not known.accepted:
+                if not known.accepted and not known.unconfirmed:
                     known.waiting.append(p)
                 return known
             self._keys[p.key] = _Key(p.events)
@@ -137,6 +145,17 @@ class IdempotencyKeys:
                 self._keys.move_to_end(key)
             else:
                 del self._keys[key]
+            return waiting
+
+    def unconfirmed(self, key: str) -> list[Pending]:
+        """The first request under ``key`` got no acknowledgement in time: repeats are answered 503 at once
+        until Kafka decides; returns the repeats that waited."""
+        with self._lock:
+            k = self._keys.get(key)
+            if k is None or k.accepted:
+                return []
+            k.unconfirmed = True
+            waiting, k.waiting = k.waiting, []
             return waiting
 
     def _trim(self, room: int = 0) -> None:
@@ -186,6 +205,7 @@ class IngestStage:
         self._cond = threading.Condition()
         self._queue: deque[Pending] = deque()
         self._wait_lock = threading.Lock()  # taken last, under any other lock
+        self._answer_lock = threading.Lock()  # only around setting an answer
         self._waiting: dict[int, list[Pending]] = {}  # entry id -> requests waiting for Kafka (memory buffer)
         self._gone_early: dict[int, Outcome] = {}  # acknowledged before offer() returned
         self._held_events = 0  # queued or waiting for Kafka: what the limits bound
@@ -199,11 +219,13 @@ class IngestStage:
     def submit(self, p: Pending) -> Answer | None:
         """Queue ``p`` (None: its answer comes through ``reply``) or answer it now."""
         n = p.events
-        if self._stopped or self._detached.is_set() or self._cancel.is_set():
+        if self._detached.is_set() or self._cancel.is_set():
             return self._refuse_now(Refusal.UNAVAILABLE, "the agent is stopping", n)
         if self._wait_for_kafka and self._kafka_down():
             return self._refuse_now(Refusal.UNAVAILABLE, "Kafka is unreachable and the buffer is in memory", n)
-        with self._cond:
+        with self._cond:  # _stopped is set under it, and the queue emptied for the last time after
+            if self._stopped:
+                return self._refuse_now(Refusal.UNAVAILABLE, "the agent is stopping", n)
             if (self._held_events + n > self._limits.max_queue_events
                     or self._held_bytes + p.size > self._limits.max_queue_bytes) and self._held_events:
                 return self._refuse_now(Refusal.OVERLOADED, "too many events are waiting; retry later", n)
@@ -212,6 +234,8 @@ class IngestStage:
                 if known is not None and known.accepted:
                     self._tel.ingest(IngestStat.DUPLICATE_REQUESTS)
                     return Answer(202, "", known.events, duplicate=True)
+                if known is not None and known.unconfirmed:
+                    return self._refuse_now(Refusal.UNCONFIRMED, UNCONFIRMED_REPEAT, n)
                 if known is not None:
                     return None  # rides along with the first request under its key
             self._held_events += n
@@ -236,7 +260,8 @@ class IngestStage:
                 self._commit(group)
                 self._expire_waits()
         finally:
-            self._stopped = True
+            with self._cond:
+                self._stopped = True
             self._finish()
             self._buffer.close_input()
 
@@ -275,7 +300,11 @@ class IngestStage:
             return
         entry = Encoded(self._topic, self._key, payload, offsets, n, group[0].arrived_ns, source=Source.INGEST)
         keys = [(p.key, p.events) for p in group if p.key is not None]
-        outcome = self._buffer.offer(entry, keys, self._on_gone if self._wait_for_kafka else None)
+        try:
+            outcome = self._buffer.offer(entry, keys, self._on_gone if self._wait_for_kafka else None)
+        except BaseException as exc:  # the store broke: the agent stops, and these requests hear why
+            self._refuse(group, Refusal.FAILED, f"the buffer failed: {exc}")
+            raise
         if isinstance(outcome, str):
             self._refuse(group, Refusal.UNAVAILABLE, f"cannot buffer the events: {outcome}")
             return
@@ -319,7 +348,8 @@ class IngestStage:
             for group in self._waiting.values():
                 late += [p for p in group if p.answer is None and p.arrived_ns < cutoff]
         if late:
-            self._refuse(late, Refusal.UNCONFIRMED,
+            repeats = [r for p in late if p.key is not None for r in self._keys.unconfirmed(p.key)]
+            self._refuse(late + repeats, Refusal.UNCONFIRMED,
                          f"Kafka did not acknowledge within {self._limits.ack_timeout_s:g}s; the events may still "
                          "be delivered (retry with the same Idempotency-Key)", settle=False)
 
@@ -327,15 +357,14 @@ class IngestStage:
         answered: list[Pending] = []
         events = repeats = 0
         for p in group:
-            if p.answer is None:
-                p.answer = Answer(202, "", p.events)
+            if self._answer(p, Answer(202, "", p.events)):
                 events += p.events
                 answered.append(p)
             if p.key is not None:
                 for repeat in self._keys.settle(p.key, accepted=True):
-                    repeat.answer = Answer(202, "", p.events, duplicate=True)
-                    repeats += 1
-                    answered.append(repeat)
+                    if self._answer(repeat, Answer(202, "", p.events, duplicate=True)):
+                        repeats += 1
+                        answered.append(repeat)
         self._tel.ingest(IngestStat.ACCEPTED_REQUESTS, len(answered) - repeats)
         self._tel.ingest(IngestStat.ACCEPTED, events)
         if repeats:
@@ -347,11 +376,19 @@ class IngestStage:
         for p in group:
             repeats = self._keys.settle(p.key, accepted=False) if settle and p.key is not None else []
             for q in [p, *repeats]:
-                if q.answer is None:
-                    q.answer = refusal(reason, text, q.events)
+                if self._answer(q, refusal(reason, text, q.events)):
                     self._tel.refused(reason, q.events)
                     answered.append(q)
         self._hand_over(answered, group)
+
+    def _answer(self, p: Pending, answer: Answer) -> bool:
+        """Give ``p`` its answer unless it has one: the stage (a timeout) and the publisher (Kafka's
+        acknowledgement) may both try; exactly one answers and counts."""
+        with self._answer_lock:
+            if p.answer is not None:
+                return False
+            p.answer = answer
+            return True
 
     def _hand_over(self, answered: list[Pending], group: list[Pending]) -> None:
         with self._cond:
