@@ -153,25 +153,29 @@ def test_every_accepted_event_is_in_kafka_once_and_every_refusal_is_counted(veth
     assert (kong["http_status"], kong["duration_ns"], kong["src_port"]) == (200, 18_000_000, 51234)
 
     # the consumer maps them: ECS and OCSF HTTP Activity, one event each, with the Community ID
-    from tests.conftest import run_hdrlog
-
+    mapped = {}
     for fmt, check in (("ecs", lambda e: e["event"]["dataset"] == "hdrlog.logs"),
                        ("ocsf", lambda e: e["class_uid"] == 4002)):
-        out = tmp_path / fmt
-        done = run_hdrlog("consume", "--topic", agent.logs_topic, "--bootstrap-servers", stack.bootstrap_servers,
-                          "--schema-registry", stack.registry_url, "--from-beginning", "--idle-timeout", "3",
-                          "--group", f"test-{uuid.uuid4().hex[:8]}", "--format", fmt, "--sink", f"file:{out}")
-        assert done.returncode == 0, done.stderr
-        docs = [orjson.loads(line) for f in sorted(out.rglob("*.ndjson")) for line in f.read_bytes().splitlines()]
+        docs = mapped[fmt] = consumed(stack, agent.logs_topic, fmt, tmp_path / fmt)
         assert len(docs) == 11 and all(check(d) for d in docs), docs[:2]
         assert sorted(d["message"] for d in docs) == sorted(sent)
-    ecs = [orjson.loads(line) for f in sorted((tmp_path / "ecs").rglob("*.ndjson"))
-           for line in f.read_bytes().splitlines()]
+    ecs = mapped["ecs"]
     single_doc = next(d for d in ecs if d["message"] == "single")
     import communityid  # the reference implementation
 
     flow = communityid.FlowTuple.make_tcp("10.0.0.1", "10.0.0.2", 40000, 80)
     assert single_doc["network"]["community_id"] == communityid.CommunityID().calc(flow)
+
+
+def consumed(stack: Any, topic: str, fmt: str, out: Path) -> list[dict[str, Any]]:
+    """``hdrlog consume`` of the whole topic into NDJSON files under ``out``; the events it wrote."""
+    from tests.conftest import run_hdrlog
+
+    done = run_hdrlog("consume", "--topic", topic, "--bootstrap-servers", stack.bootstrap_servers,
+                      "--schema-registry", stack.registry_url, "--from-beginning", "--idle-timeout", "3",
+                      "--group", f"test-{uuid.uuid4().hex[:8]}", "--format", fmt, "--sink", f"file:{out}")
+    assert done.returncode == 0, done.stderr
+    return [orjson.loads(line) for f in sorted(out.rglob("*.ndjson")) for line in f.read_bytes().splitlines()]
 
 
 def agent_host(events: list[tuple[Any, dict[str, Any]]]) -> bytes:

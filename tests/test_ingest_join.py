@@ -18,11 +18,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
-from tests.conftest import run_hdrlog
-from tests.test_ingest import TOKEN
+from tests.test_ingest import TOKEN, consumed
 
 pytestmark = [pytest.mark.kernel, pytest.mark.stack]
 
@@ -60,14 +58,6 @@ server.serve_forever()
 """
 
 
-def _ecs(stack: Any, topic: str, out: Path) -> list[dict[str, Any]]:
-    done = run_hdrlog("consume", "--topic", topic, "--bootstrap-servers", stack.bootstrap_servers,
-                      "--schema-registry", stack.registry_url, "--from-beginning", "--idle-timeout", "3",
-                      "--group", f"test-{uuid.uuid4().hex[:8]}", "--format", "ecs", "--sink", f"file:{out}")
-    assert done.returncode == 0, done.stderr
-    return [orjson.loads(line) for f in sorted(out.rglob("*.ndjson")) for line in f.read_bytes().splitlines()]
-
-
 def test_an_access_log_line_joins_its_packets_by_community_id(veth, stack, start_agent, tmp_path: Path) -> None:
     from tests.test_ingest import _agent
 
@@ -94,8 +84,8 @@ def test_an_access_log_line_joins_its_packets_by_community_id(veth, stack, start
     _out, err = agent.stop()
     assert agent.proc.returncode == 0, err
 
-    logs = _ecs(stack, logs_topic, tmp_path / "logs")
-    packets = _ecs(stack, headers_topic, tmp_path / "packets")
+    logs = consumed(stack, logs_topic, "ecs", tmp_path / "logs")
+    packets = consumed(stack, headers_topic, "ecs", tmp_path / "packets")
     assert len(logs) == REQUESTS, logs
     by_flow: dict[str, list[dict[str, Any]]] = {}
     for p in packets:

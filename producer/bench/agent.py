@@ -77,6 +77,17 @@ def records_in_topic(bootstrap: str, topic: str, shape: str) -> tuple[int, int]:
     return records, messages
 
 
+def read_until_capturing(proc: subprocess.Popen[str], lines: list[str], ready: threading.Event) -> None:
+    """Collect an agent's stderr into ``lines``; set ``ready`` when it says it captures, or when it exits
+    (its starter then sees the exit)."""
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        lines.append(line)
+        if '"capturing on' in line:
+            ready.set()
+    ready.set()
+
+
 class HdrlogContender:
     """`hdrlog agent --shape SHAPE` with the defaults a user gets."""
 
@@ -105,7 +116,8 @@ class RunningAgent:
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      preexec_fn=self.cpu.preexec_fn())
         self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader = threading.Thread(target=read_until_capturing, args=(self.proc, self._err, self._ready),
+                                        daemon=True)
         self._reader.start()
         if not self._ready.wait(READY_TIMEOUT_S) or self.proc.poll() is not None:
             self.proc.kill()
@@ -114,14 +126,6 @@ class RunningAgent:
             raise HdrlogError(f"{contender.name} did not start: {self._last_error()}")
         self.cpu_at_ready = self.cpu.usage_s()
         self.bpf_bytes = bpf_map_bytes(self.proc.pid)
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self._err.append(line)
-            if '"capturing on' in line:
-                self._ready.set()
-        self._ready.set()  # exited: start() sees it
 
     def _last_error(self) -> str:
         for line in reversed(self._err):

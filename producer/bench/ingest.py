@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from producer.bench.agent import read_until_capturing
 from producer.errors import HdrlogError
 
 MARK_BEGIN = "<!-- hdrlog bench ingest: begin -->"
@@ -250,20 +251,12 @@ class IngestAgent:
         env = {**os.environ, "HDRLOG_BUFFER_MAX_BYTES": str(buffer_bytes)}
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         self._ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=read_until_capturing, args=(self.proc, self._err, self._ready), daemon=True).start()
         if not self._ready.wait(120) or self.proc.poll() is not None:
             self.proc.kill()
             raise HdrlogError(f"the agent did not start: {''.join(self._err[-3:])[:400]}")
         self.url = next(json.loads(line)["msg"].rsplit(" ", 1)[1] for line in self._err
                         if line.startswith("{") and "serving /metrics" in line)
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self._err.append(line)
-            if '"capturing on' in line:
-                self._ready.set()
-        self._ready.set()
 
     def status(self) -> dict[str, Any]:
         import httpx2

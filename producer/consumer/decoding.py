@@ -140,12 +140,16 @@ class MessageDecoder:
         if self.frame(value).name == LOG_SCHEMA:
             name, datum, _carried = self._decode(value)
             return name, [datum]
-        return "", self.records(value)
+        return "", self._header_records(value)
 
     def records(self, value: bytes) -> list[dict[str, Any]]:
         """The header records of a HeaderBatch or HeaderRecord message; any other schema is poison here."""
         if self.frame(value).name == LOG_SCHEMA:
             raise PoisonMessage("a LogEvent, not a header record", Poison.WRONG_SCHEMA)
+        return self._header_records(value)
+
+    def _header_records(self, value: bytes) -> list[dict[str, Any]]:
+        """``records`` once the frame is known to be a header schema's (``frame`` checked it)."""
         name, datum, carried = self._decode(value, BATCH_FIELDS)
         try:
             if name == "HeaderBatch":

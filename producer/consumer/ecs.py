@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from producer.consumer.logs import ecs_log, map_logs
 from producer.consumer.mapping import (
+    ECS_VERSION,
     ETHER_TYPES,
     IANA_KEYWORDS,
     Origin,
@@ -58,8 +59,6 @@ from producer.consumer.render import (
 )
 from producer.render import TCP_FLAG_NAMES, tcp_flag_names
 
-#: the ECS release the events follow (its field list is vendored in tests/data/ecs)
-ECS_VERSION = "9.4.0"
 DATASET = "hdrlog.headers"
 
 

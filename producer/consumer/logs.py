@@ -29,7 +29,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from producer import __version__
-from producer.consumer.mapping import IANA_KEYWORDS, MappingError, Texts, present, prune
+from producer.consumer.mapping import (
+    ECS_VERSION,
+    IANA_KEYWORDS,
+    OCSF_VERSION,
+    MappingError,
+    Texts,
+    present,
+    prune,
+)
 
 DATASET = "hdrlog.logs"
 OCSF_CLASS_UID, OCSF_CATEGORY_UID = 4002, 4
@@ -67,8 +75,6 @@ def _has_http(r: dict[str, Any]) -> bool:
 
 
 def ecs_log(r: dict[str, Any], eid: str, t: Texts) -> dict[str, Any]:
-    from producer.consumer.ecs import ECS_VERSION
-
     src, dst, proto, status = t.ip(r["src_ip"]), t.ip(r["dst_ip"]), r["ip_proto"], r["http_status"]
     http = _has_http(r)
     doc = {
@@ -110,8 +116,6 @@ def _ocsf_url(url: str | None) -> dict[str, Any] | None:
 
 
 def ocsf_http(r: dict[str, Any], eid: str, t: Texts) -> dict[str, Any]:
-    from producer.consumer.ocsf import OCSF_VERSION
-
     method, status, proto = r["http_method"], r["http_status"], r["ip_proto"]
     activity = 0 if method is None else OCSF_METHODS.get(method.upper(), 99)
     duration = r["duration_ns"]

@@ -22,6 +22,7 @@ from producer import __version__
 from producer.consumer.logs import map_logs, ocsf_http
 from producer.consumer.mapping import (
     IANA_KEYWORDS,
+    OCSF_VERSION,
     Origin,
     Texts,
     map_each,
@@ -31,8 +32,6 @@ from producer.consumer.mapping import (
 )
 from producer.render import tcp_flag_names
 
-#: the OCSF release the events follow (its compiled class is vendored in tests/data/ocsf)
-OCSF_VERSION = "1.8.0"
 CLASS_UID, CATEGORY_UID, ACTIVITY_TRAFFIC = 4001, 4, 6
 TYPE_UID = CLASS_UID * 100 + ACTIVITY_TRAFFIC
 DIRECTION = {"INGRESS": (1, "Inbound"), "EGRESS": (2, "Outbound")}
