@@ -54,7 +54,7 @@ from producer.serialize.rows import RowEncoder
 from producer.serialize.schemas import AvroSchema, Subject, agent_subjects
 from producer.telemetry.events import Stat, Telemetry
 from producer.telemetry.metrics import Metrics
-from producer.telemetry.server import Ingest, ServerSecurity, TelemetryServer, tls_context
+from producer.telemetry.server import Ingest, ServerSecurity, TelemetryServer, tls_files
 from producer.telemetry.stats import Send, StatsReporter
 from producer.telemetry.status import Status, StatusSources
 
@@ -240,7 +240,7 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
         if address is not None:
             metrics = Metrics(telemetry, program.counters)
             t = cfg.telemetry
-            security = ServerSecurity(t.token(), tls_context(t.tls_cert_file, t.tls_key_file)
+            security = ServerSecurity(t.token(), tls_files(t.tls_cert_file, t.tls_key_file)
                                       if t.tls_cert_file else None)
             server = TelemetryServer(address[0], address[1], status, metrics.render, security=security,
                                      ingest=None if ingest is None else

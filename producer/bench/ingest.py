@@ -95,7 +95,9 @@ end
 function response(status, headers, body)
   local key = tostring(status)
   if status == 503 or status == 429 then
-    key = key .. (headers["Retry-After"] and "+retry-after" or "")
+    for name, _ in pairs(headers) do  -- header names are case-insensitive (granian sends them lower-case)
+      if string.lower(name) == "retry-after" then key = key .. "+retry-after" break end
+    end
   end
   statuses[key] = (statuses[key] or 0) + 1
 end

@@ -22,6 +22,33 @@
 
 static PyObject *k_message, *k_timestamp, *k_level, *k_details, *k_src_ip, *k_dst_ip, *k_src_port, *k_dst_port,
 	*k_port, *k_protocol, *s_lower;
+/* the 5-tuple's keys in ``details`` -> enum tuple_key: one dict lookup a key (orjson's keys carry their
+ * hash), not a string comparison with each name */
+static PyObject *tuple_keys;
+enum tuple_key { K_OTHER, K_SRC_IP, K_DST_IP, K_SRC_PORT, K_DST_PORT, K_PROTOCOL };
+
+/* the key's enum tuple_key; -1 with an exception set */
+static int tuple_key_of(PyObject *key)
+{
+	PyObject *code = PyDict_GetItemWithError(tuple_keys, key);
+	if (code == NULL)
+		return PyErr_Occurred() ? -1 : K_OTHER;
+	return (int)PyLong_AsLong(code);
+}
+
+/* ``level`` lower-cased, a new reference: itself when it is ASCII without capitals (the usual case) */
+static PyObject *lower_of(PyObject *level)
+{
+	if (PyUnicode_IS_ASCII(level)) {
+		const unsigned char *c = PyUnicode_1BYTE_DATA(level);
+		Py_ssize_t n = PyUnicode_GET_LENGTH(level), i = 0;
+		while (i < n && !(c[i] >= 'A' && c[i] <= 'Z'))
+			i++;
+		if (i == n)
+			return Py_NewRef(level);
+	}
+	return PyObject_CallMethodNoArgs(level, s_lower);
+}
 
 static int digits(const char *p, int n, int *out)
 {
@@ -160,30 +187,33 @@ static PyObject *row_of(PyObject *item, PyObject *received, int64_t received_ns,
 		while (PyDict_Next(details, &pos, &key, &value)) {
 			if (!PyUnicode_CheckExact(key))
 				goto python;
-			int tuple_key = 1;
-			if (PyUnicode_Compare(key, k_src_ip) == 0 || PyUnicode_Compare(key, k_dst_ip) == 0) {
+			int code = tuple_key_of(key);
+			if (code < 0)
+				goto error;
+			int tuple_key = code != K_OTHER;
+			if (code == K_SRC_IP || code == K_DST_IP) {
 				if (is_empty(value))
 					continue;
 				PyObject *raw = PyUnicode_CheckExact(value) ? PyDict_GetItemWithError(addresses, value) : NULL;
 				if (raw == NULL)
 					goto python_or_error;
-				if (PyUnicode_Compare(key, k_src_ip) == 0)
+				if (code == K_SRC_IP)
 					src = raw;
 				else
 					dst = raw;
-			} else if (PyUnicode_Compare(key, k_src_port) == 0) {
+			} else if (code == K_SRC_PORT) {
 				if (is_empty(value))
 					continue;
 				if (port_of(value) < 0)
 					goto python;
 				sport = value;
-			} else if (PyUnicode_Compare(key, k_dst_port) == 0 || PyUnicode_Compare(key, k_port) == 0) {
+			} else if (code == K_DST_PORT) {
 				if (is_empty(value))
 					continue;
 				if (dport != Py_None || port_of(value) < 0)
 					goto python;
 				dport = value;
-			} else if (PyUnicode_Compare(key, k_protocol) == 0) {
+			} else if (code == K_PROTOCOL) {
 				if (is_empty(value))
 					continue;
 				PyObject *number = (PyUnicode_CheckExact(value) || PyLong_CheckExact(value))
@@ -192,8 +222,6 @@ static PyObject *row_of(PyObject *item, PyObject *received, int64_t received_ns,
 				if (number == NULL)
 					goto python_or_error;
 				proto = number;
-			} else {
-				tuple_key = 0;
 			}
 			if (PyErr_Occurred())
 				goto error;
@@ -212,7 +240,7 @@ static PyObject *row_of(PyObject *item, PyObject *received, int64_t received_ns,
 	if (level != NULL && !is_empty(level)) {
 		if (!PyUnicode_CheckExact(level))
 			goto python;
-		lowered = PyObject_CallMethodNoArgs(level, s_lower);
+		lowered = lower_of(level);
 		if (lowered == NULL)
 			goto error;
 	}
@@ -297,6 +325,19 @@ PyMODINIT_FUNC PyInit__generic(void)
 		*slots[i] = PyUnicode_InternFromString(names[i]);
 		if (*slots[i] == NULL)
 			return NULL;
+	}
+	tuple_keys = PyDict_New();
+	if (tuple_keys == NULL)
+		return NULL;
+	PyObject *keys[] = {k_src_ip, k_dst_ip, k_src_port, k_dst_port, k_port, k_protocol};
+	int codes[] = {K_SRC_IP, K_DST_IP, K_SRC_PORT, K_DST_PORT, K_DST_PORT, K_PROTOCOL};
+	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+		PyObject *code = PyLong_FromLong(codes[i]);
+		if (code == NULL || PyDict_SetItem(tuple_keys, keys[i], code) < 0) {
+			Py_XDECREF(code);
+			return NULL;
+		}
+		Py_DECREF(code);
 	}
 	return PyModule_Create(&module);
 }

@@ -1,35 +1,48 @@
 """The agent's local HTTP server: ``GET /metrics``, ``GET /api/v1/status`` and ``POST /api/v1/logging``.
 
-aiohttp on its own event loop in its own thread, so a slow client never holds
-a pipeline thread.  Bound to 127.0.0.1 unless ``telemetry.listen`` says
-otherwise; port 0 takes any free port (the log line says which).  ``start``
-binds before returning, so a taken port is a one-line start-up error.
+granian (its HTTP/1.1 server in Rust, embedded: the RSGI interface) on an
+event loop of its own thread, so a slow client never holds a pipeline thread
+and parsing HTTP costs the GIL nothing: about half the agent's CPU per request
+that aiohttp took, which is what lets the ingest take over 5,000 requests a
+second beside capture (BENCHMARKS.md).  Bound to 127.0.0.1 unless
+``telemetry.listen`` says otherwise; port 0 takes any free port (the log line
+says which).  The socket is bound here, before granian starts, so a taken
+port is a one-line start-up error.
 
 With ``telemetry.token_file`` every request must carry ``Authorization: Bearer
 <token>`` (401 otherwise, counted for the ingest); with ``telemetry.tls_cert_file``
-and ``tls_key_file`` it serves HTTPS only.  The GET handlers only read
-snapshots.  The POST handlers (``/api/v1/logging``, ``/api/v1/logging/kong``,
-``/api/v1/logging/apisix``) parse the body (ingest/parse.py) and hand the
-events to the ingest stage (ingest/stage.py), whose answer they wait for:
-202 once the events are durable, else the status and reason of ``Refusal``.
+and ``tls_key_file`` it serves HTTPS only (TLS 1.2 at least).  The GET handlers
+only read snapshots.  The POST handlers (``/api/v1/logging``,
+``/api/v1/logging/kong``, ``/api/v1/logging/apisix``) read the body (at most
+``max_body_bytes``: 413), parse it (ingest/parse.py) and hand the events to the
+ingest stage (ingest/stage.py), whose answer they wait for: 202 once the
+events are durable, else the status and reason of ``Refusal``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
+import os
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 import uvloop
-from aiohttp import web
+from granian._granian import RSGIProtocolClosed as ProtocolClosed
+from granian._granian import RSGIProtocolError as ProtocolError
+from granian._granian import SocketHolder
+from granian.constants import HTTPModes, Interfaces, SSLProtocols
+from granian.server.embed import Server
 
 from producer.errors import ConfigError
 from producer.ingest.parse import BodyError, Shape, Values, parse
@@ -39,15 +52,28 @@ from producer.telemetry.events import Refusal, Telemetry
 log = logging.getLogger(__name__)
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-SHAPES = {"": Shape.GENERIC, "kong": Shape.KONG, "apisix": Shape.APISIX}
+JSON = "application/json"
+SHAPES = {"/api/v1/logging": Shape.GENERIC, "/api/v1/logging/kong": Shape.KONG,
+          "/api/v1/logging/apisix": Shape.APISIX}
+GETS = ("/metrics", "/api/v1/status")
 #: the longest Idempotency-Key taken
 MAX_KEY = 255
+#: connections waiting to be accepted
+BACKLOG = 1024
+#: how long ``stop`` waits for the server's thread
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    cert_file: str
+    key_file: str
 
 
 @dataclass(frozen=True, slots=True)
 class ServerSecurity:
     token: str | None = None
-    tls: ssl.SSLContext | None = None
+    tls: TlsFiles | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +87,20 @@ class Ingest:
     values: Values = field(default_factory=Values)
 
 
+class _Server(Server):
+    """granian's embedded server on a socket bound beforehand (granian would bind its own, and a port 0
+    would then be unknown): the one place that touches granian's internals; the version is pinned."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sock = sock
+
+    def _init_shared_socket(self) -> None:
+        self._ssp = None
+        # (fd, is a Unix socket, backlog): granian owns (closes) the dup; its stub does not declare these
+        self._shd = SocketHolder(os.dup(self._sock.fileno()), False, BACKLOG)  # type: ignore[call-arg,assignment]
+
+
 class TelemetryServer:
     def __init__(self, host: str, port: int, status: Callable[[], dict[str, Any]],
                  metrics: Callable[[], bytes], *, security: ServerSecurity | None = None,
@@ -70,129 +110,184 @@ class TelemetryServer:
         self._status = status
         self._metrics = metrics
         self._security = security or ServerSecurity()
+        self._bearer = None if self._security.token is None else f"Bearer {self._security.token}".encode()
         self._ingest = ingest
-        self._loop = uvloop.new_event_loop()  # about a fifth more requests a second than asyncio's own
-        self._runner: web.AppRunner | None = None
+        self._loop = uvloop.new_event_loop()
+        self._server: _Server | None = None
+        self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._failed: BaseException | None = None
         self.port = 0
 
-    async def _get_metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=self._metrics(), headers={"Content-Type": PROMETHEUS_TEXT})
+    # -- requests (on the server's loop) ------------------------------------------------
 
-    async def _get_status(self, _request: web.Request) -> web.Response:
-        return web.Response(text=json.dumps(self._status(), indent=1), content_type="application/json")
+    async def __call__(self, scope: Any, proto: Any) -> None:
+        """The RSGI application: every request."""
+        if scope.proto != "http":
+            return
+        try:
+            await self._request(scope, proto)
+        except (ProtocolClosed, ProtocolError) as exc:  # the client went away: nobody to answer
+            log.debug("%s %s: the client went away: %s", scope.method, scope.path, exc)
+        except Exception:  # noqa: BLE001 - a bug answers 500 and is logged, the server goes on
+            log.exception("the HTTP handler failed on %s %s", scope.method, scope.path)
+            with contextlib.suppress(ProtocolClosed, ProtocolError):
+                _respond(proto, 500, {"error": "internal error (the agent's log says which)"})
 
-    @web.middleware
-    async def _authorize(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        token = self._security.token
-        if token is not None:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                if request.method == "POST" and self._ingest is not None:
+    async def _request(self, scope: Any, proto: Any) -> None:
+        path, method = scope.path, scope.method
+        shape = SHAPES.get(path)
+        if shape is None and path not in GETS:
+            _respond(proto, 404, {"error": f"no such path: {path}"})
+            return
+        if self._bearer is not None:
+            given = scope.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), self._bearer):
+                if shape is not None and method == "POST" and self._ingest is not None:
                     self._ingest.telemetry.ingest_request(0)
                     self._ingest.telemetry.refused(Refusal.UNAUTHORIZED, 0)
-                return _json(401, {"error": "a bearer token is required (Authorization: Bearer <token>)"},
-                             {"WWW-Authenticate": "Bearer"})
-        response: web.StreamResponse = await handler(request)
-        return response
+                _respond(proto, 401, {"error": "a bearer token is required (Authorization: Bearer <token>)"},
+                         [("www-authenticate", "Bearer")])
+                return
+        if shape is not None:
+            if method != "POST":
+                _respond(proto, 405, {"error": f"{path} takes POST"}, [("allow", "POST")])
+                return
+            await self._post_logging(scope, proto, shape)
+        elif method not in ("GET", "HEAD"):
+            _respond(proto, 405, {"error": f"{path} takes GET"}, [("allow", "GET")])
+        elif path == "/metrics":
+            proto.response_bytes(200, [("content-type", PROMETHEUS_TEXT)], self._metrics())
+        else:
+            proto.response_bytes(200, [("content-type", JSON)],
+                                 json.dumps(self._status(), indent=1).encode())
 
-    async def _post_logging(self, request: web.Request) -> web.Response:
+    async def _post_logging(self, scope: Any, proto: Any, shape: Shape) -> None:
         ing = self._ingest
         if ing is None:
-            return _json(503, {"error": "the ingest is off: the agent writes JSON lines, not to Kafka"})
+            _respond(proto, 503, {"error": "the ingest is off: the agent writes JSON lines, not to Kafka"})
+            return
         start = time.monotonic()
         received_ns = ing.clock_ns()
         tel = ing.telemetry
-        shape = SHAPES[request.match_info.get("shape", "")]
-        if request.content_length is not None and request.content_length > ing.max_body_bytes:
+        headers = scope.headers
+        body = await _read_body(proto, headers.get("content-length"), ing.max_body_bytes)
+        if body is None:
             tel.ingest_request(0)
-            return self._refused(Refusal.TOO_LARGE, f"the body is over {ing.max_body_bytes} bytes")
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            tel.ingest_request(0)
-            return self._refused(Refusal.TOO_LARGE, f"the body is over {ing.max_body_bytes} bytes")
+            self._refused(proto, Refusal.TOO_LARGE, f"the body is over {ing.max_body_bytes} bytes")
+            return
         tel.ingest_request(len(body))
-        key = request.headers.get("Idempotency-Key")
+        key = headers.get("idempotency-key")
         if key is not None and not (0 < len(key) <= MAX_KEY and key.isprintable()):
-            return self._refused(Refusal.INVALID, f"Idempotency-Key must be 1..{MAX_KEY} printable characters")
+            self._refused(proto, Refusal.INVALID, f"Idempotency-Key must be 1..{MAX_KEY} printable characters")
+            return
         try:
-            parsed = parse(body, request.content_type, shape, received_ns, ing.values)
+            parsed = parse(body, headers.get("content-type", "").lower(), shape, received_ns, ing.values)
         except BodyError as exc:
-            return self._refused(Refusal.INVALID, str(exc))
+            self._refused(proto, Refusal.INVALID, str(exc))
+            return
         if parsed.errors:
             tel.refused(Refusal.INVALID, parsed.items)
-            return _json(400, parsed.error_body())
+            _respond(proto, 400, parsed.error_body())
+            return
         fut: asyncio.Future[Answer] = self._loop.create_future()
         answer = ing.stage.submit(Pending(parsed.rows, key, len(body), fut))
         if answer is None:
             answer = await fut
         if answer.status == 202:
             tel.answered(time.monotonic() - start)
-        headers = {} if answer.retry_after is None else {"Retry-After": str(answer.retry_after)}
-        return _json(answer.status, answer.body(), headers)
+        retry = answer.retry_after
+        _respond(proto, answer.status, answer.body(), None if retry is None else [("retry-after", str(retry))])
 
-    def _refused(self, reason: Refusal, text: str) -> web.Response:
+    def _refused(self, proto: Any, reason: Refusal, text: str) -> None:
         """A refusal the handler gives before the stage sees the request (its events are not known)."""
         assert self._ingest is not None
         self._ingest.telemetry.refused(reason, 0)
         answer = refusal(reason, text, 0)
-        return _json(answer.status, answer.body())
+        _respond(proto, answer.status, answer.body())
 
     def reply(self, answered: list[Pending]) -> None:
         """The ingest stage's answers (from its thread): one hand-over to the event loop for all of them."""
         self._loop.call_soon_threadsafe(_resolve, answered)
 
-    async def _setup(self) -> None:
-        limit = self._ingest.max_body_bytes if self._ingest is not None else 1 << 20
-        # the check is a middleware only when there is a token: it costs every request a coroutine
-        app = web.Application(middlewares=[self._authorize] if self._security.token is not None else [],
-                              client_max_size=limit)
-        app.router.add_get("/metrics", self._get_metrics)
-        app.router.add_get("/api/v1/status", self._get_status)
-        app.router.add_post("/api/v1/logging", self._post_logging)
-        app.router.add_post("/api/v1/logging/{shape:kong|apisix}", self._post_logging)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True,
-                           ssl_context=self._security.tls)
-        await site.start()
-        server = site._server  # noqa: SLF001 - aiohttp keeps the bound sockets here
-        sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1]) if sockets else self._port
+    # -- life -------------------------------------------------------------------------
+
+    def _bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self._host, self._port))
+            sock.listen(BACKLOG)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"invalid value for telemetry.listen: cannot listen on "
+                              f"{self._host}:{self._port}: {exc.strerror or exc}") from exc
+        sock.setblocking(False)
+        return sock
 
     def start(self) -> int:
         """Bind and serve; returns the bound port.  Raises ConfigError if the address cannot be bound."""
-        try:
-            self._loop.run_until_complete(self._setup())
-        except OSError as exc:
-            self._loop.run_until_complete(self._cleanup())
-            self._loop.close()
-            raise ConfigError(f"invalid value for telemetry.listen: cannot listen on "
-                              f"{self._host}:{self._port}: {exc.strerror}") from exc
-        self._thread = threading.Thread(target=self._loop.run_forever, name="hdrlog-http", daemon=True)
+        self._sock = self._bind()
+        self.port = int(self._sock.getsockname()[1])
+        tls = self._security.tls
+        self._server = _Server(
+            self._sock, self, address=self._host, port=self.port, interface=Interfaces.RSGI,
+            http=HTTPModes.http1, websockets=False, backlog=BACKLOG, log_enabled=False,
+            ssl_cert=None if tls is None else Path(tls.cert_file), ssl_key=None if tls is None else Path(tls.key_file),
+            ssl_protocol_min=SSLProtocols.tls12)
+        ready = threading.Event()
+        self._server.on_startup(ready.set)
+        self._thread = threading.Thread(target=self._run, name="hdrlog-http", daemon=True)
         self._thread.start()
+        ready.wait(STOP_TIMEOUT_S)
+        if self._failed is not None or not ready.is_set():
+            self.stop()
+            raise ConfigError(f"the HTTP server did not start on {self._host}:{self.port}: {self._failed}")
         shown = f"[{self._host}]" if ":" in self._host else self._host
-        scheme = "https" if self._security.tls is not None else "http"
+        scheme = "https" if tls is not None else "http"
         routes = "/metrics, /api/v1/status" + (" and /api/v1/logging" if self._ingest is not None else "")
         log.info("serving %s on %s://%s:%d", routes, scheme, shown, self.port)
         return self.port
 
-    async def _cleanup(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        assert self._server is not None
+        try:
+            self._loop.run_until_complete(self._server.serve())
+        except BaseException as exc:  # noqa: BLE001 - start() reports it
+            self._failed = exc
+            log.error("the HTTP server stopped: %s", exc)
 
     def stop(self) -> None:
         if self._thread is None:
             return
-        fut = asyncio.run_coroutine_threadsafe(self._cleanup(), self._loop)
-        try:
-            fut.result(5)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
+        if self._thread.is_alive() and self._server is not None:
+            self._loop.call_soon_threadsafe(self._server.stop)
+        self._thread.join(STOP_TIMEOUT_S)
+        if not self._thread.is_alive():
             self._loop.close()
-            self._thread = None
+        self._thread = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+async def _read_body(proto: Any, length: str | None, limit: int) -> bytes | None:
+    """The request's body; None if it is over ``limit`` bytes (told by Content-Length, or seen while
+    a chunked body streams in)."""
+    if length is not None:
+        if not length.isdigit() or int(length) > limit:
+            return None
+        return bytes(await proto())
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in proto:
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _resolve(answered: list[Pending]) -> None:
@@ -202,16 +297,17 @@ def _resolve(answered: list[Pending]) -> None:
             fut.set_result(p.answer)
 
 
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+def _respond(proto: Any, status: int, body: dict[str, Any], headers: list[tuple[str, str]] | None = None) -> None:
+    proto.response_bytes(status, [("content-type", JSON), *(headers or ())], orjson.dumps(body))
 
 
-def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
-    """The server side of ``telemetry.tls_cert_file``/``tls_key_file``; ConfigError naming what is wrong."""
+def tls_files(cert_file: str, key_file: str) -> TlsFiles:
+    """``telemetry.tls_cert_file``/``tls_key_file``, checked by loading them: ConfigError naming what is
+    wrong, at start-up rather than at the first handshake."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         ctx.load_cert_chain(cert_file, key_file)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"invalid value for telemetry.tls_cert_file: cannot load {cert_file} with "
                           f"{key_file}: {getattr(exc, 'strerror', None) or exc}") from exc
-    return ctx
+    return TlsFiles(cert_file, key_file)
