@@ -275,7 +275,8 @@ class TelemetryConfig:
         "serve HTTPS with this certificate chain (PEM; with `tls_key_file`)", env="HDRLOG_TLS_CERT_FILE",
         metavar="FILE"))
     tls_key_file: str = field(default="", metadata=_m(
-        "the private key of `tls_cert_file` (PEM)", env="HDRLOG_TLS_KEY_FILE", metavar="FILE"))
+        "the private key of `tls_cert_file` (PEM, unencrypted: RSA, ECDSA P-256/P-384 or Ed25519)",
+        env="HDRLOG_TLS_KEY_FILE", metavar="FILE"))
 
     def __post_init__(self) -> None:
         _at_least("telemetry", self, zero=("stats_interval_s",))

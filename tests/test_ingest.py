@@ -125,11 +125,9 @@ def test_every_accepted_event_is_in_kafka_once_and_every_refusal_is_counted(veth
     assert status == 400 and answer["error"].startswith("the body is not JSON: "), answer
     status, answer, _ = curl(url, orjson.dumps([{"message": "x" * 100}] * 50))
     assert (status, answer) == (413, {"error": "the body is over 4096 bytes"})
-    # without a Content-Length the limit is found while the body streams in
-    status, answer, _ = curl(url, orjson.dumps([{"message": "x" * 100}] * 50), headers={"Transfer-Encoding": "chunked"})
-    assert (status, answer) == (413, {"error": "the body is over 4096 bytes"})
-    accepted({"message": "chunked"}, 1, headers={"Transfer-Encoding": "chunked"})
-    sent.append("chunked")
+    # a chunked body cut off half-way looks whole to the server: a Content-Length is required
+    status, answer, _ = curl(url, orjson.dumps(one), headers={"Transfer-Encoding": "chunked"})
+    assert (status, answer) == (411, {"error": "a Content-Length is required (chunked bodies are not taken)"})
     import httpx2
 
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -144,17 +142,17 @@ def test_every_accepted_event_is_in_kafka_once_and_every_refusal_is_counted(veth
     _out, err = agent.stop()
     assert agent.proc.returncode == 0, err
     c = summary_of(err)["ingest"]
-    assert c == {**c, "requests": 15, "accepted_requests": 7, "accepted": 12, "duplicate_requests": 2,
-                 "refused_requests_invalid": 2, "refused_events_invalid": 4, "refused_requests_too_large": 2,
-                 "refused_requests_unauthorized": 2, "buffered": 12, "delivered": 12, "messages_delivered": 12,
+    assert c == {**c, "requests": 14, "accepted_requests": 6, "accepted": 11, "duplicate_requests": 2,
+                 "refused_requests_invalid": 3, "refused_events_invalid": 4, "refused_requests_too_large": 1,
+                 "refused_requests_unauthorized": 2, "buffered": 11, "delivered": 11, "messages_delivered": 11,
                  "left_in_buffer": 0}
-    assert sum(v for k, v in c.items() if k.startswith(("refused_", "dropped_"))) == 2 + 4 + 2 + 2
-    assert live["accepted"] == 12 and live["requests"] == 15
+    assert sum(v for k, v in c.items() if k.startswith(("refused_", "dropped_"))) == 3 + 4 + 1 + 2
+    assert live["accepted"] == 11 and live["requests"] == 14
 
     events = log_events(stack, agent.logs_topic)
     assert sorted(e["message"] for _m, e in events) == sorted(sent)
-    assert len({(e["agent_instance"], e["sequence"]) for _m, e in events}) == 12
-    assert sorted(e["sequence"] for _m, e in events) == list(range(12))
+    assert len({(e["agent_instance"], e["sequence"]) for _m, e in events}) == 11
+    assert sorted(e["sequence"] for _m, e in events) == list(range(11))
     assert {m.key() for m, _e in events} == {agent_host(events)} and len({m.partition() for m, _e in events}) == 1
     single = next(e for _m, e in events if e["message"] == "single")
     assert single["level"] == "info" and single["attributes"] == {"user": "al"} and single["source"] == "GENERIC"
@@ -167,7 +165,7 @@ def test_every_accepted_event_is_in_kafka_once_and_every_refusal_is_counted(veth
     for fmt, check in (("ecs", lambda e: e["event"]["dataset"] == "hdrlog.logs"),
                        ("ocsf", lambda e: e["class_uid"] == 4002)):
         docs = mapped[fmt] = consumed(stack, agent.logs_topic, fmt, tmp_path / fmt)
-        assert len(docs) == 12 and all(check(d) for d in docs), docs[:2]
+        assert len(docs) == 11 and all(check(d) for d in docs), docs[:2]
         assert sorted(d["message"] for d in docs) == sorted(sent)
     ecs = mapped["ecs"]
     single_doc = next(d for d in ecs if d["message"] == "single")

@@ -14,7 +14,7 @@ With ``telemetry.token_file`` every request must carry ``Authorization: Bearer
 and ``tls_key_file`` it serves HTTPS only (TLS 1.2 at least).  The GET handlers
 only read snapshots.  The POST handlers (``/api/v1/logging``,
 ``/api/v1/logging/kong``, ``/api/v1/logging/apisix``) read the body (at most
-``max_body_bytes``: 413), parse it (ingest/parse.py) and hand the events to the
+``max_body_bytes``: 413; a Content-Length is required: 411), parse it (ingest/parse.py) and hand the events to the
 ingest stage (ingest/stage.py), whose answer they wait for: 202 once the
 events are durable, else the status and reason of ``Refusal``.
 """
@@ -42,6 +42,7 @@ from granian._granian import RSGIProtocolClosed as ProtocolClosed
 from granian._granian import RSGIProtocolError as ProtocolError
 from granian._granian import SocketHolder
 from granian.constants import HTTPModes, Interfaces, SSLProtocols
+from granian.server import common as granian_common
 from granian.server.embed import Server
 
 from producer.errors import ConfigError
@@ -117,6 +118,7 @@ class TelemetryServer:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._failed: BaseException | None = None
+        self._stopping = False
         self.port = 0
 
     # -- requests (on the server's loop) ------------------------------------------------
@@ -171,27 +173,41 @@ class TelemetryServer:
         received_ns = ing.clock_ns()
         tel = ing.telemetry
         headers = scope.headers
-        body = await _read_body(proto, headers.get("content-length"), ing.max_body_bytes)
-        if body is None:
+        length = headers.get("content-length")
+        if length is None and "chunked" in headers.get("transfer-encoding", "").lower():
+            # a chunked body cut off half-way is not told apart from a whole one: taking it could
+            # accept part of a request (and then call its retry a duplicate); a length is required
+            tel.ingest_request(0)
+            tel.refused(Refusal.INVALID, 0)
+            _respond(proto, 411, {"error": "a Content-Length is required (chunked bodies are not taken)"})
+            return
+        if length is not None and (not length.isdigit() or int(length) > ing.max_body_bytes):
             tel.ingest_request(0)
             self._refused(proto, Refusal.TOO_LARGE, f"the body is over {ing.max_body_bytes} bytes")
             return
+        body = bytes(await proto()) if length is not None else b""
         tel.ingest_request(len(body))
-        key = headers.get("idempotency-key")
-        if key is not None and not (0 < len(key) <= MAX_KEY and key.isprintable()):
-            self._refused(proto, Refusal.INVALID, f"Idempotency-Key must be 1..{MAX_KEY} printable characters")
-            return
-        try:
-            parsed = parse(body, headers.get("content-type", "").lower(), shape, received_ns, ing.values)
-        except BodyError as exc:
-            self._refused(proto, Refusal.INVALID, str(exc))
-            return
-        if parsed.errors:
-            tel.refused(Refusal.INVALID, parsed.items)
-            _respond(proto, 400, parsed.error_body())
-            return
-        fut: asyncio.Future[Answer] = self._loop.create_future()
-        answer = ing.stage.submit(Pending(parsed.rows, key, len(body), fut))
+        try:  # from here on the request is counted once: refused here, or by the stage
+            key = headers.get("idempotency-key")
+            if key is not None and not (0 < len(key) <= MAX_KEY and key.isprintable()):
+                self._refused(proto, Refusal.INVALID, f"Idempotency-Key must be 1..{MAX_KEY} printable characters")
+                return
+            try:
+                parsed = parse(body, headers.get("content-type", "").lower(), shape, received_ns, ing.values)
+            except BodyError as exc:
+                self._refused(proto, Refusal.INVALID, str(exc))
+                return
+            if parsed.errors:
+                tel.refused(Refusal.INVALID, parsed.items)
+                _respond(proto, 400, parsed.error_body())
+                return
+            fut: asyncio.Future[Answer] = self._loop.create_future()
+            answer = ing.stage.submit(Pending(parsed.rows, key, len(body), fut))
+        except (ProtocolClosed, ProtocolError):
+            raise  # an answer could not be sent: the refusal was counted
+        except Exception:
+            tel.refused(Refusal.FAILED, 0)  # a bug: __call__ logs it and answers 500
+            raise
         if answer is None:
             answer = await fut
         if answer.status == 202:
@@ -231,24 +247,57 @@ class TelemetryServer:
         self._sock = self._bind()
         self.port = int(self._sock.getsockname()[1])
         tls = self._security.tls
-        self._server = _Server(
-            self._sock, self, address=self._host, port=self.port, interface=Interfaces.RSGI,
-            http=HTTPModes.http1, websockets=False, backlog=BACKLOG, log_enabled=False,
-            ssl_cert=None if tls is None else Path(tls.cert_file), ssl_key=None if tls is None else Path(tls.key_file),
-            ssl_protocol_min=SSLProtocols.tls12)
-        ready = threading.Event()
-        self._server.on_startup(ready.set)
+        # granian's constructor would dictConfig the process's logging (closing every handler, and
+        # sending its own to stdout, which may carry the JSON lines): its logger goes through ours
+        saved = granian_common.configure_logging  # type: ignore[attr-defined]
+        granian_common.configure_logging = lambda *_a, **_k: None  # type: ignore[attr-defined]
+        try:
+            self._server = _Server(
+                self._sock, self, address=self._host, port=self.port, interface=Interfaces.RSGI,
+                http=HTTPModes.http1, websockets=False, backlog=BACKLOG,
+                ssl_cert=None if tls is None else Path(tls.cert_file),
+                ssl_key=None if tls is None else Path(tls.key_file), ssl_protocol_min=SSLProtocols.tls12)
+        finally:
+            granian_common.configure_logging = saved  # type: ignore[attr-defined]
+        logging.getLogger("_granian").setLevel(logging.ERROR)  # (its "experimental" warning is not news)
         self._thread = threading.Thread(target=self._run, name="hdrlog-http", daemon=True)
         self._thread.start()
-        ready.wait(STOP_TIMEOUT_S)
-        if self._failed is not None or not ready.is_set():
+        problem = self._probe()
+        if problem is not None:
             self.stop()
-            raise ConfigError(f"the HTTP server did not start on {self._host}:{self.port}: {self._failed}")
+            raise ConfigError(f"the HTTP server did not start on {self._host}:{self.port}: {problem}")
         shown = f"[{self._host}]" if ":" in self._host else self._host
         scheme = "https" if tls is not None else "http"
         routes = "/metrics, /api/v1/status" + (" and /api/v1/logging" if self._ingest is not None else "")
         log.info("serving %s on %s://%s:%d", routes, scheme, shown, self.port)
         return self.port
+
+    def _probe(self) -> str | None:
+        """None once the server answers a request on its own socket (granian's worker may fail after
+        its start-up hook: a key rustls refuses); else what went wrong."""
+        host = "127.0.0.1" if self._host in ("0.0.0.0", "") else "::1" if self._host == "::" else self._host
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self._failed is not None or self._thread is None or not self._thread.is_alive():
+                return str(self._failed or "the server's thread ended")
+            try:
+                conn: Any = socket.create_connection((host, self.port), timeout=1.0)
+                try:
+                    if self._security.tls is not None:
+                        ctx = ssl.create_default_context()
+                        ctx.check_hostname = False
+                        ctx.verify_mode = ssl.CERT_NONE  # our own certificate, checked when loaded
+                        conn = ctx.wrap_socket(conn)
+                    conn.sendall(b"GET /api/v1/status HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+                    if conn.recv(12).startswith(b"HTTP/1.1 "):
+                        return None
+                finally:
+                    conn.close()
+            except (OSError, ssl.SSLError) as exc:
+                last = str(exc)
+            time.sleep(0.05)
+        return last
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -256,38 +305,28 @@ class TelemetryServer:
         try:
             self._loop.run_until_complete(self._server.serve())
         except BaseException as exc:  # noqa: BLE001 - start() reports it
-            self._failed = exc
-            log.error("the HTTP server stopped: %s", exc)
+            if not self._stopping:
+                self._failed = exc
+                log.error("the HTTP server stopped: %s", exc)
 
     def stop(self) -> None:
+        """Stop serving: requests being answered finish (granian waits for its connections); a client
+        that holds one open without sending is cut off after ``STOP_TIMEOUT_S``."""
         if self._thread is None:
             return
+        self._stopping = True
         if self._thread.is_alive() and self._server is not None:
             self._loop.call_soon_threadsafe(self._server.stop)
         self._thread.join(STOP_TIMEOUT_S)
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(STOP_TIMEOUT_S)
         if not self._thread.is_alive():
             self._loop.close()
         self._thread = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-
-
-async def _read_body(proto: Any, length: str | None, limit: int) -> bytes | None:
-    """The request's body; None if it is over ``limit`` bytes (told by Content-Length, or seen while
-    a chunked body streams in)."""
-    if length is not None:
-        if not length.isdigit() or int(length) > limit:
-            return None
-        return bytes(await proto())
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in proto:
-        size += len(chunk)
-        if size > limit:
-            return None
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def _resolve(answered: list[Pending]) -> None:
@@ -303,7 +342,22 @@ def _respond(proto: Any, status: int, body: dict[str, Any], headers: list[tuple[
 
 def tls_files(cert_file: str, key_file: str) -> TlsFiles:
     """``telemetry.tls_cert_file``/``tls_key_file``, checked by loading them: ConfigError naming what is
-    wrong, at start-up rather than at the first handshake."""
+    wrong, at start-up rather than at the first handshake.  The key must be one granian's TLS (rustls)
+    takes: RSA, ECDSA on P-256 or P-384, or Ed25519 (it aborts the process on any other), unencrypted."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    what = f"invalid value for telemetry.tls_key_file: {key_file}"
+    try:
+        key = load_pem_private_key(Path(key_file).read_bytes(), password=None)
+    except OSError as exc:
+        raise ConfigError(f"{what}: {exc.strerror}") from exc
+    except (TypeError, ValueError) as exc:  # encrypted, or not a PEM private key
+        raise ConfigError(f"{what}: {exc}") from exc
+    if not (isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey))
+            or (isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in ("secp256r1", "secp384r1"))):
+        kind = getattr(getattr(key, "curve", None), "name", None) or type(key).__name__
+        raise ConfigError(f"{what}: {kind} keys are not supported (use RSA, ECDSA P-256/P-384 or Ed25519)")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         ctx.load_cert_chain(cert_file, key_file)
