@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +54,46 @@ def root_required() -> None:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Any:
-    """The real local Kafka + Apicurio registry, started once per session."""
+def stack() -> Iterator[Any]:
+    """The real local Kafka + Apicurio registry, started once per session; the topics the session made
+    are deleted at its end."""
     from producer.devstack import LocalStack, StackSettings
 
     settings = StackSettings.from_env()
     LocalStack(settings).up()
-    return settings
+    before = _hdrlog_topics(settings.bootstrap_servers)
+    yield settings
+    after = _hdrlog_topics(settings.bootstrap_servers)
+    if before is not None and after is not None:
+        _delete_topics(settings.bootstrap_servers, after - before)
+
+
+def _hdrlog_topics(bootstrap: str) -> set[str] | None:
+    """The broker's ``hdrlog.*`` topics; None if it cannot say (cleanup is then skipped)."""
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        return {t for t in AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics
+                if t.startswith("hdrlog.")}
+    except Exception as exc:  # noqa: BLE001 - cleanup must not fail the session
+        print(f"\nconftest: listing topics failed, the session's topics stay: {exc}", file=sys.stderr)
+        return None
+
+
+def _delete_topics(bootstrap: str, topics: set[str]) -> None:
+    """The session's own topics, deleted at its end: a broker that keeps every run's topics (thousands of
+    partitions after a few sessions) recovers from a SIGKILL slowly enough to fail the fault tests'
+    deadlines.  Best effort: a failure is printed, not raised."""
+    from confluent_kafka.admin import AdminClient
+
+    if not topics:
+        return
+    try:
+        futures = AdminClient({"bootstrap.servers": bootstrap}).delete_topics(sorted(topics), operation_timeout=60)
+        for fut in futures.values():
+            fut.result(90)
+    except Exception as exc:  # noqa: BLE001 - cleanup must not fail the session
+        print(f"\nconftest: deleting the session's {len(topics)} topics failed: {exc}", file=sys.stderr)
 
 
 def _optional_service(stack: Any, name: str) -> Iterator[str]:
@@ -196,13 +229,15 @@ def start_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
     and its HTTP server on a free loopback port (so agents never share either)."""
     agents: list[AgentProcess] = []
 
-    def start(iface: str, *args: str, env: dict[str, str] | None = None) -> AgentProcess:
+    def start(iface: str, *args: str, env: dict[str, str] | None = None,
+              prefix: Sequence[str] = ()) -> AgentProcess:
+        """``prefix``: a command the agent runs under (setpriv, for least privilege)."""
         extra: list[str] = []
         if "--state-dir" not in args:
             extra += ["--state-dir", str(tmp_path_factory.mktemp("state"))]
         if "--listen" not in args:
             extra += ["--listen", "127.0.0.1:0"]
-        proc = subprocess.Popen([*HDRLOG, "--log-format", "json", "agent", "--iface", iface, *args, *extra],
+        proc = subprocess.Popen([*prefix, *HDRLOG, "--log-format", "json", "agent", "--iface", iface, *args, *extra],
                                 cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env={**os.environ, **(env or {})})
         agents.append(AgentProcess(proc, iface))

@@ -50,6 +50,20 @@ def create_topic(bootstrap: str, topic: str, config: dict[str, str] | None = Non
         raise BrokerError(f"creating topic {topic}: {exc.args[0]}") from exc
 
 
+def delete_bench_topics(bootstrap: str, say: Callable[[str], None]) -> None:
+    """Delete every ``hdrlog.bench.*`` topic (a bench reads its results back before it ends): a broker
+    that keeps every run's millions of messages and thousands of partitions slows the runs after it.
+    Best effort: a failure is said, not raised."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
+    try:
+        topics = sorted(t for t in admin.list_topics(timeout=30).topics if t.startswith("hdrlog.bench."))
+        if topics:
+            for fut in admin.delete_topics(topics, operation_timeout=60).values():
+                fut.result(90)
+    except KafkaException as exc:
+        say(f"deleting the bench's topics failed (they stay): {exc.args[0]}")
+
+
 def _consumer(bootstrap: str) -> Consumer:
     return Consumer({"bootstrap.servers": bootstrap, "group.id": "hdrlog-bench-readback",
                      "enable.auto.commit": False, "enable.partition.eof": False})
