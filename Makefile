@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 IFACE ?=
 
-.PHONY: setup run test test-long bench bench-consumer bench-ingest lint stack-up stack-down clean
+.PHONY: setup run test test-long bench bench-consumer bench-ingest lint lock stack-up stack-down clean
 
 setup:
 	bash scripts/setup.sh
@@ -42,6 +42,12 @@ bench-ingest: setup
 
 stack-up: setup
 	$(VENV)/bin/hdrlog stack up
+
+## lock: re-resolve requirements.lock after a dependency change in pyproject.toml (versions already
+## in it are kept unless the change needs others; `--upgrade` in UV_FLAGS moves them all)
+lock: setup
+	$(VENV)/bin/uv pip compile pyproject.toml scripts/lock-build.in --extra dev --generate-hashes \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_36 -o requirements.lock $(UV_FLAGS)
 
 stack-down:
 	$(VENV)/bin/hdrlog stack down

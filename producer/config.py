@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import math
+import os
 import socket
+import stat
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -37,6 +40,19 @@ def _m(help_text: str, *, env: str | None = None, flag: str | None = None, reloa
     """Field metadata: meaning, env var, CLI flag, applied by SIGHUP, CLI metavar/choices."""
     return {"help": help_text, "env": env, "flag": flag, "reload": reload, "metavar": metavar,
             "choices": choices}
+
+
+log = logging.getLogger(__name__)
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this host's loopback only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _bad(key: str, why: str) -> ConfigError:
@@ -261,7 +277,8 @@ class TelemetryConfig:
     """``[telemetry]``: the local HTTP server (/metrics, /api/v1/status), the stats log and topic."""
 
     listen: str = field(default="127.0.0.1:9464", metadata=_m(
-        "address of /metrics and /api/v1/status (`off`: no server; port 0: any free port)",
+        "address of /metrics and /api/v1/status (`off`: no server; port 0: any free port; "
+        "an address other hosts reach needs `token_file`)",
         env="HDRLOG_LISTEN", flag="--listen", metavar="HOST:PORT"))
     stats_interval_s: float = field(default=60.0, metadata=_m(
         "log every counter and publish an AgentStats record this often (0: only the exit summary)",
@@ -286,6 +303,9 @@ class TelemetryConfig:
             host, _, port = self.listen.rpartition(":")
             if not host or not port.isdigit() or int(port) > 65535:
                 raise _bad("telemetry.listen", f"{self.listen!r} is not HOST:PORT or off")
+            if not self.token_file and not _loopback(host.strip("[]")):
+                raise _bad("telemetry.listen", f"{host} is reachable from other hosts: set telemetry.token_file "
+                           "too (anyone who reaches the server could read the status and post log events)")
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -298,6 +318,7 @@ class TelemetryConfig:
         """The bearer token of ``token_file`` (ConfigError if it cannot be read or is empty)."""
         if not self.token_file:
             return None
+        others_may(self.token_file, "token file")
         try:
             token = Path(self.token_file).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
@@ -510,6 +531,20 @@ def _coerce(key: str, typ: str, value: Any, source: str) -> Any:
     raise ConfigError(f"unsupported type for {where}")  # pragma: no cover
 
 
+def others_may(path: Path | str, what: str, *, holds_secrets: bool = True) -> None:
+    """Warn when users other than the owner's group may change ``path`` (always) or read it (when it
+    holds secrets): the agent runs privileged, and its files hold credentials."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # (reading it reports what is wrong)
+    if mode & stat.S_IWOTH:
+        log.warning("the %s %s can be changed by any user (mode %04o): chmod o-w it", what, path, mode & 0o7777)
+    elif holds_secrets and mode & stat.S_IROTH:
+        log.warning("the %s %s holds secrets and any user can read it (mode %04o): chmod o-r it", what, path,
+                    mode & 0o7777)
+
+
 def _from_file(path: Path, known: Mapping[str, Setting]) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -546,7 +581,10 @@ def load_config(
     known = {s.key: s for s in settings()}
     values: dict[str, Any] = {}
     if path is not None:
-        values.update(_from_file(path, known))
+        from_file = _from_file(path, known)
+        values.update(from_file)
+        secrets = any(isinstance(v, Mapping) and any(is_secret(k) for k in v) for v in from_file.values())
+        others_may(path, "config file", holds_secrets=secrets)
     for s in known.values():
         if s.env and env is not None and s.env in env:
             values[s.key] = _coerce(s.key, s.type, env[s.env], f"environment {s.env}")

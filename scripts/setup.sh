@@ -10,6 +10,7 @@ DEB_PACKAGES=(
   python3-venv
   linux-headers-amd64  # BCC compiles against /lib/modules/$(uname -r)/build
   iproute2 iputils-ping tcpdump curl dnsutils util-linux procps bpftool unzip
+  systemd              # `systemd-analyze verify` checks deploy/hdrlog-agent.service (util-linux: setpriv)
   python3-scapy        # independent packet parser/crafter for the tests
   docker-compose python3-yaml  # `docker-compose config` checks docker-compose.yml
   maven                # fetches Kafka and Apicurio from Maven Central
@@ -67,11 +68,13 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; 
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 # re-install when the project's definition or a compiled module's source changes
-stamp=.venv/.installed-$(cat pyproject.toml setup.py producer/serialize/_fastpath.c producer/serialize/_rows.c producer/ingest/_generic.c producer/consumer/_reader.c producer/consumer/_render.c \
+stamp=.venv/.installed-$(cat pyproject.toml requirements.lock setup.py producer/serialize/_fastpath.c producer/serialize/_rows.c producer/ingest/_generic.c producer/consumer/_reader.c producer/consumer/_render.c \
   | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  # every Python package at the version and hash of requirements.lock (`make lock` writes it),
+  # pip and the build backend included; then hdrlog itself, built with those (nothing unpinned)
+  .venv/bin/python -m pip install -q --require-hashes -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

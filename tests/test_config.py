@@ -33,6 +33,9 @@ def test_interfaces_from_env_list() -> None:
     ("[buffer]\nwhen_full = 'spill'\n", "invalid value for buffer.when_full: 'spill' is not one of block, drop_newest"),
     ("[kafka]\nshape = 'rows'\n", "invalid value for kafka.shape: 'rows' is not one of batch, record"),
     ("[telemetry]\nlisten = '9464'\n", "invalid value for telemetry.listen: '9464' is not HOST:PORT or off"),
+    ("[telemetry]\nlisten = '0.0.0.0:9464'\n", "invalid value for telemetry.listen: 0.0.0.0 is reachable from "
+     "other hosts: set telemetry.token_file too"),
+    ("[telemetry]\nlisten = '[::]:9464'\n", "invalid value for telemetry.listen: \\[::\\] is reachable"),
     ("kafka = 3\n", r"\[kafka\] must be a table"),
     ("topic = \n", "not valid TOML"),
 ])
@@ -76,3 +79,38 @@ def test_reload_takes_only_the_live_settings() -> None:
     assert (merged.capture.sample_rate, merged.capture.ports) == (8, ("53",))
     assert merged.kafka.topic == running.kafka.topic == AgentConfig().kafka.topic
     assert ignored == ["kafka.topic"]
+
+
+@pytest.mark.parametrize(("text", "mode", "warned"), [
+    ('[kafka.properties]\n"sasl.password" = "hunter2"\n', 0o644, "holds secrets and any user can read it (mode 0644)"),
+    ('[kafka.properties]\n"sasl.password" = "hunter2"\n', 0o640, None),
+    ('[kafka]\ntopic = "t"\n', 0o644, None),  # nothing secret in it
+    ('[kafka]\ntopic = "t"\n', 0o666, "can be changed by any user (mode 0666)"),
+])
+def test_a_config_file_others_may_read_or_change_is_warned_of(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                               text: str, mode: int, warned: str | None) -> None:
+    f = tmp_path / "agent.toml"
+    f.write_text(text)
+    f.chmod(mode)
+    with caplog.at_level("WARNING", logger="producer.config"):
+        load_config(f, {})
+    lines = [r.getMessage() for r in caplog.records]
+    if warned is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and f"the config file {f} " in lines[0] and warned in lines[0], lines
+
+
+def test_a_token_file_others_may_read_is_warned_of(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(0o644)
+    cfg = load_config(None, {"HDRLOG_TOKEN_FILE": str(token)})
+    with caplog.at_level("WARNING", logger="producer.config"):
+        assert cfg.telemetry.token() == "s3cret"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the token file {token} holds secrets and any user can read it (mode 0644): chmod o-r it"]
+    token.chmod(0o600)
+    caplog.clear()
+    cfg.telemetry.token()
+    assert caplog.records == []

@@ -153,6 +153,12 @@ class Pins:
         scope = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
         self.enabled = bool(pin_dir) and ensure_bpffs(Path(pin_dir))
         self.scope_dir = Path(pin_dir) / scope
+        if self.enabled:
+            try:  # (an agent without root may find the directory there but not its own in it)
+                self.scope_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                log.warning("cannot use %s for pins (%s): no takeover after a restart", self.scope_dir, exc.strerror)
+                self.enabled = False
         self._locks_dir = state_dir / "captures"
         self._own: Path | None = None
         self._own_lock: IO[str] | None = None
