@@ -338,6 +338,8 @@ class IngestConfig:
         flag="--ingest-topic"))
     max_body_bytes: int = field(default=4 << 20, metadata=_m(
         "largest request body taken (413 above it)", env="HDRLOG_INGEST_MAX_BODY_BYTES"))
+    body_timeout_s: float = field(default=30.0, metadata=_m(
+        "seconds a request's body may take to arrive whole (408 after)", env="HDRLOG_INGEST_BODY_TIMEOUT"))
     max_queue_events: int = field(default=100_000, metadata=_m(
         "events waiting to be made durable at most (429 above it)", env="HDRLOG_INGEST_MAX_QUEUE_EVENTS"))
     max_queue_bytes: int = field(default=64 << 20, metadata=_m(
@@ -361,6 +363,8 @@ class IngestConfig:
                   zero=("linger_ms", "idempotency_ttl_s"))
         if self.ack_timeout_s <= 0:
             raise _bad("ingest.ack_timeout_s", "must be positive")
+        if self.body_timeout_s <= 0:
+            raise _bad("ingest.body_timeout_s", "must be positive")
 
 
 @dataclass(frozen=True, slots=True)

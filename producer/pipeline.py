@@ -244,7 +244,8 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
                                       if t.tls_cert_file else None)
             server = TelemetryServer(address[0], address[1], status, metrics.render, security=security,
                                      ingest=None if ingest is None else
-                                     Ingest(ingest, telemetry, cfg.ingest.max_body_bytes))
+                                     Ingest(ingest, telemetry, cfg.ingest.max_body_bytes,
+                                            cfg.ingest.body_timeout_s))
             server.start()
             resources.callback(server.stop)
         periodic: list[Periodic] = [Periodic(1.0, status.sample)]

@@ -89,8 +89,8 @@ def _delete_topics(bootstrap: str, topics: set[str]) -> None:
     if not topics:
         return
     try:
-        futures = AdminClient({"bootstrap.servers": bootstrap}).delete_topics(sorted(topics), operation_timeout=60)
-        for fut in futures.values():
+        admin = AdminClient({"bootstrap.servers": bootstrap})  # (held until the futures are done)
+        for fut in admin.delete_topics(sorted(topics), operation_timeout=60).values():
             fut.result(90)
     except Exception as exc:  # noqa: BLE001 - cleanup must not fail the session
         print(f"\nconftest: deleting the session's {len(topics)} topics failed: {exc}", file=sys.stderr)

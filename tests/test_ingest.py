@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import threading
 import uuid
@@ -89,7 +90,7 @@ APISIX = {"@timestamp": "2026-11-30T08:00:00+00:00", "client_ip": "10.0.0.5", "c
 
 def test_every_accepted_event_is_in_kafka_once_and_every_refusal_is_counted(veth, stack, start_agent,
                                                                             tmp_path: Path) -> None:
-    agent = _agent(start_agent, veth, stack, tmp_path, "disk", max_body_bytes=4096)
+    agent = _agent(start_agent, veth, stack, tmp_path, "disk", max_body_bytes=4096, body_timeout_s=1)
     url = agent.url + "/api/v1/logging"
     sent: list[str] = []
 
@@ -128,6 +129,13 @@ def test_every_accepted_event_is_in_kafka_once_and_every_refusal_is_counted(veth
     # a chunked body cut off half-way looks whole to the server: a Content-Length is required
     status, answer, _ = curl(url, orjson.dumps(one), headers={"Transfer-Encoding": "chunked"})
     assert (status, answer) == (411, {"error": "a Content-Length is required (chunked bodies are not taken)"})
+    # a body that stalls half-way: 408 after ingest.body_timeout_s, nothing of it taken
+    host, port = agent.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as slow:
+        slow.sendall(f"POST /api/v1/logging HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"message\":".encode())
+        head = slow.recv(65536).decode()
+    assert head.startswith("HTTP/1.1 408 ") and "did not arrive whole within 1 s" in head, head
     import httpx2
 
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -142,12 +150,13 @@ def test_every_accepted_event_is_in_kafka_once_and_every_refusal_is_counted(veth
     _out, err = agent.stop()
     assert agent.proc.returncode == 0, err
     c = summary_of(err)["ingest"]
-    assert c == {**c, "requests": 14, "accepted_requests": 6, "accepted": 11, "duplicate_requests": 2,
-                 "refused_requests_invalid": 3, "refused_events_invalid": 4, "refused_requests_too_large": 1,
+    assert c == {**c, "requests": 15, "accepted_requests": 6, "accepted": 11, "duplicate_requests": 2,
+                 "refused_requests_invalid": 2, "refused_events_invalid": 4, "refused_requests_too_large": 1,
+                 "refused_requests_incomplete": 2,
                  "refused_requests_unauthorized": 2, "buffered": 11, "delivered": 11, "messages_delivered": 11,
                  "left_in_buffer": 0}
-    assert sum(v for k, v in c.items() if k.startswith(("refused_", "dropped_"))) == 3 + 4 + 1 + 2
-    assert live["accepted"] == 11 and live["requests"] == 14
+    assert sum(v for k, v in c.items() if k.startswith(("refused_", "dropped_"))) == 2 + 4 + 1 + 2 + 2
+    assert live["accepted"] == 11 and live["requests"] == 15
 
     events = log_events(stack, agent.logs_topic)
     assert sorted(e["message"] for _m, e in events) == sorted(sent)

@@ -104,13 +104,15 @@ class Refusal(StrEnum):
     INVALID = "invalid"            # 400: an event (or the body) is unusable; the answer lists each index
     UNAUTHORIZED = "unauthorized"  # 401: the bearer token is missing or wrong
     TOO_LARGE = "too_large"        # 413: the body is over ingest.max_body_bytes (its events are not counted)
+    INCOMPLETE = "incomplete"      # 408/411: the body did not arrive whole in time, or came without a length
     OVERLOADED = "overloaded"      # 429: the queue of waiting events is full
     UNAVAILABLE = "unavailable"    # 503: the buffer has no room, Kafka is down (memory buffer), or stopping
     UNCONFIRMED = "unconfirmed"    # 503: Kafka did not acknowledge in time (memory buffer): it may still
     FAILED = "failed"              # 500: Kafka refused the events for good (dead-letter file), or a bug
 
 
-STATUS = {Refusal.INVALID: 400, Refusal.UNAUTHORIZED: 401, Refusal.TOO_LARGE: 413, Refusal.OVERLOADED: 429,
+STATUS = {Refusal.INVALID: 400, Refusal.UNAUTHORIZED: 401, Refusal.TOO_LARGE: 413, Refusal.INCOMPLETE: 408,
+          Refusal.OVERLOADED: 429,
           Refusal.UNAVAILABLE: 503, Refusal.UNCONFIRMED: 503, Refusal.FAILED: 500}
 
 

@@ -14,9 +14,11 @@ With ``telemetry.token_file`` every request must carry ``Authorization: Bearer
 and ``tls_key_file`` it serves HTTPS only (TLS 1.2 at least).  The GET handlers
 only read snapshots.  The POST handlers (``/api/v1/logging``,
 ``/api/v1/logging/kong``, ``/api/v1/logging/apisix``) read the body (at most
-``max_body_bytes``: 413; a Content-Length is required: 411), parse it (ingest/parse.py) and hand the events to the
+``max_body_bytes``: 413; a Content-Length is required: 411; whole within
+``ingest.body_timeout_s``: 408), parse it (ingest/parse.py) and hand the events to the
 ingest stage (ingest/stage.py), whose answer they wait for: 202 once the
-events are durable, else the status and reason of ``Refusal``.
+events are durable, else the status and reason of ``Refusal``.  Headers must
+arrive within ``HEADER_TIMEOUT_S`` (granian closes the connection).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from granian._granian import RSGIProtocolClosed as ProtocolClosed
 from granian._granian import RSGIProtocolError as ProtocolError
 from granian._granian import SocketHolder
 from granian.constants import HTTPModes, Interfaces, SSLProtocols
+from granian.http import HTTP1Settings
 from granian.server import common as granian_common
 from granian.server.embed import Server
 
@@ -63,6 +66,8 @@ MAX_KEY = 255
 BACKLOG = 1024
 #: how long ``stop`` waits for the server's thread
 STOP_TIMEOUT_S = 10.0
+#: how long a request's headers may take to arrive (granian closes the connection after)
+HEADER_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,7 @@ class Ingest:
     stage: IngestStage
     telemetry: Telemetry
     max_body_bytes: int
+    body_timeout_s: float = 30.0
     clock_ns: Callable[[], int] = time.time_ns
     values: Values = field(default_factory=Values)
 
@@ -178,14 +184,19 @@ class TelemetryServer:
             # a chunked body cut off half-way is not told apart from a whole one: taking it could
             # accept part of a request (and then call its retry a duplicate); a length is required
             tel.ingest_request(0)
-            tel.refused(Refusal.INVALID, 0)
+            tel.refused(Refusal.INCOMPLETE, 0)
             _respond(proto, 411, {"error": "a Content-Length is required (chunked bodies are not taken)"})
             return
         if length is not None and (not length.isdigit() or int(length) > ing.max_body_bytes):
             tel.ingest_request(0)
             self._refused(proto, Refusal.TOO_LARGE, f"the body is over {ing.max_body_bytes} bytes")
             return
-        body = bytes(await proto()) if length is not None else b""
+        try:  # a client that sends its body slowly holds a connection, not the server
+            body = bytes(await asyncio.wait_for(proto(), ing.body_timeout_s)) if length is not None else b""
+        except TimeoutError:
+            tel.ingest_request(0)
+            self._refused(proto, Refusal.INCOMPLETE, f"the body did not arrive whole within {ing.body_timeout_s:g} s")
+            return
         tel.ingest_request(len(body))
         try:  # from here on the request is counted once: refused here, or by the stage
             key = headers.get("idempotency-key")
@@ -255,6 +266,7 @@ class TelemetryServer:
             self._server = _Server(
                 self._sock, self, address=self._host, port=self.port, interface=Interfaces.RSGI,
                 http=HTTPModes.http1, websockets=False, backlog=BACKLOG,
+                http1_settings=HTTP1Settings(header_read_timeout=int(HEADER_TIMEOUT_S * 1000)),
                 ssl_cert=None if tls is None else Path(tls.cert_file),
                 ssl_key=None if tls is None else Path(tls.key_file), ssl_protocol_min=SSLProtocols.tls12)
         finally:
