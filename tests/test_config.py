@@ -114,3 +114,45 @@ def test_a_token_file_others_may_read_is_warned_of(tmp_path: Path, caplog: pytes
     caplog.clear()
     cfg.telemetry.token()
     assert caplog.records == []
+
+
+def test_fuzzed_config_files_give_one_line_errors_or_a_config(tmp_path: Path) -> None:
+    """Random settings of every key (wrong types, absurd sizes, odd strings, unknown keys, broken
+    TOML): load_config either returns a config or raises one ConfigError of one line naming the key or
+    the file, never another exception."""
+    import random
+    import tomllib
+
+    rnd = random.Random(16)
+    keys = [s.key for s in settings()]
+    values = ["1", "0", "-1", "2.5", "1e308", "-1e308", "9223372036854775808", "true", '""', '"x"',
+              '"../../etc/passwd"', '"\\u0000"', f'"{"a" * 5000}"', "[]", "[1, 2]", "{}", '{a = 1}',
+              '"127.0.0.1:99999"', '"[::1]:0"', '"off"', "nan", "inf", '"tc"', '"xdp"', '"disk"',
+              '"memory"', '"drop_oldest"', '"zstd"']
+    outcomes = {"config": 0, "error": 0}
+    f = tmp_path / "agent.toml"
+    for i in range(3000):
+        chosen = rnd.sample(keys, rnd.randint(1, 4))
+        if rnd.random() < 0.1:
+            chosen.append(rnd.choice(["kafka.topik", "nope", "capture.sample"]))
+        by_section: dict[str, list[str]] = {}
+        for key in chosen:
+            section, _, name = key.rpartition(".")
+            by_section.setdefault(section, []).append(f"{name} = {rnd.choice(values)}")
+        text = "\n".join(([*by_section.pop("")] if "" in by_section else [])
+                         + [f"[{s}]\n" + "\n".join(lines) for s, lines in by_section.items()])
+        if rnd.random() < 0.05:
+            text = text[: rnd.randint(0, len(text))] + rnd.choice(["=", "[", '"', "\x00"])
+        f.write_text(text)
+        try:
+            load_config(f, {})
+            outcomes["config"] += 1
+        except ConfigError as exc:
+            outcomes["error"] += 1
+            line = str(exc)
+            assert line and "\n" not in line and "Traceback" not in line, (i, text, line)
+            assert str(f) in line or any(k in line for k in keys) or "setting" in line, (i, text, line)
+        except (tomllib.TOMLDecodeError, ValueError, TypeError, OverflowError, KeyError) as exc:
+            raise AssertionError(f"case {i}: {text!r} raised {type(exc).__name__}: {exc}") from exc
+    print(outcomes)
+    assert outcomes["config"] > 50 and outcomes["error"] > 1000, outcomes

@@ -9,7 +9,8 @@ record, exactly; meanwhile:
   timeout (server.HEADER_TIMEOUT_S), and /api/v1/status answers all along;
 * a request with a 1 MiB header is refused (431) and the next request is answered;
 * wrk floods /metrics with 256 connections (the token required, so half of them are 401s);
-* the kernel's and the agent's record counters keep moving every second of it, and afterwards the
+* the kernel's and the agent's record counters keep moving in every sample taken during it (as often as
+  a status request gets through the flood, at least three), and afterwards the
   agent's RSS and open file descriptors are back within a bound of where they started.
 """
 
@@ -80,12 +81,11 @@ def test_slow_clients_huge_headers_and_a_flood_neither_stop_capture_nor_grow_the
         wrk = subprocess.Popen(["wrk", "-t2", "-c256", f"-d{FLOOD_S}s", "--timeout", "10s", "-H",
                                 f"Authorization: Bearer {TOKEN}", agent.url + "/metrics"],
                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        end = time.monotonic() + FLOOD_S
-        while time.monotonic() < end:
+        while wrk.poll() is None:  # a status request waits its turn among the flood's: as often as it can
             s = status()
             moving.append((s["kernel"]["emitted"], s["agent"]["drained"]))
-            time.sleep(1.0)  # the sampling period of the check below, not a synchronisation
-        out, err = wrk.communicate(timeout=FLOOD_S + 60)
+            time.sleep(0.5)  # the sampling period of the check below, not a synchronisation
+        out, err = wrk.communicate(timeout=60)
         assert wrk.returncode == 0, err
         done = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
         errors = re.search(r"Socket errors: (.*)", out)
@@ -113,7 +113,7 @@ def test_slow_clients_huge_headers_and_a_flood_neither_stop_capture_nor_grow_the
     assert summary_of(err)["kernel"]["ringbuf_reserve_failed"] == 0
     emitted = [e for e, _d in moving]
     drained = [d for _e, d in moving]
-    assert len(moving) >= FLOOD_S - 1 and all(b > a for a, b in zip(emitted, emitted[1:], strict=False)) and all(
+    assert len(moving) >= 3 and all(b > a for a, b in zip(emitted, emitted[1:], strict=False)) and all(
         b > a for a, b in zip(drained, drained[1:], strict=False)), moving
     assert rss1 - rss0 <= RSS_BOUND_KIB, (rss0, rss1)
     assert fds1 <= fds0 + FD_BOUND, (fds0, fds1)
