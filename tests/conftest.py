@@ -57,43 +57,21 @@ def root_required() -> None:
 def stack() -> Iterator[Any]:
     """The real local Kafka + Apicurio registry, started once per session; the topics the session made
     are deleted at its end."""
+    from producer.bench.contenders import delete_topics, topics_named
     from producer.devstack import LocalStack, StackSettings
 
     settings = StackSettings.from_env()
     LocalStack(settings).up()
-    before = _hdrlog_topics(settings.bootstrap_servers)
+    bootstrap = settings.bootstrap_servers
+    before = topics_named(bootstrap, "hdrlog.", _say)
     yield settings
-    after = _hdrlog_topics(settings.bootstrap_servers)
+    after = topics_named(bootstrap, "hdrlog.", _say)
     if before is not None and after is not None:
-        _delete_topics(settings.bootstrap_servers, after - before)
+        delete_topics(bootstrap, after - before, _say)  # the session's own
 
 
-def _hdrlog_topics(bootstrap: str) -> set[str] | None:
-    """The broker's ``hdrlog.*`` topics; None if it cannot say (cleanup is then skipped)."""
-    from confluent_kafka.admin import AdminClient
-
-    try:
-        return {t for t in AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics
-                if t.startswith("hdrlog.")}
-    except Exception as exc:  # noqa: BLE001 - cleanup must not fail the session
-        print(f"\nconftest: listing topics failed, the session's topics stay: {exc}", file=sys.stderr)
-        return None
-
-
-def _delete_topics(bootstrap: str, topics: set[str]) -> None:
-    """The session's own topics, deleted at its end: a broker that keeps every run's topics (thousands of
-    partitions after a few sessions) recovers from a SIGKILL slowly enough to fail the fault tests'
-    deadlines.  Best effort: a failure is printed, not raised."""
-    from confluent_kafka.admin import AdminClient
-
-    if not topics:
-        return
-    try:
-        admin = AdminClient({"bootstrap.servers": bootstrap})  # (held until the futures are done)
-        for fut in admin.delete_topics(sorted(topics), operation_timeout=60).values():
-            fut.result(90)
-    except Exception as exc:  # noqa: BLE001 - cleanup must not fail the session
-        print(f"\nconftest: deleting the session's {len(topics)} topics failed: {exc}", file=sys.stderr)
+def _say(text: str) -> None:
+    print(f"\nconftest: {text}", file=sys.stderr)
 
 
 def _optional_service(stack: Any, name: str) -> Iterator[str]:

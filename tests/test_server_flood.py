@@ -70,12 +70,12 @@ def test_slow_clients_huge_headers_and_a_flood_neither_stop_capture_nor_grow_the
         slow = [socket.create_connection((host, int(port)), timeout=HEADER_TIMEOUT_S + 20) for _ in range(SLOW)]
         for s in slow:
             s.sendall(b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\n")
-        assert status()["agent"]["drained"] >= 0  # answered while they hang
+        assert "agent" in status()  # answered (within status()'s 5 s) while they hang
 
         # a huge header: refused, and the server goes on
         huge = httpx2.get(agent.url + "/api/v1/status", headers={**auth, "X-Big": "a" * (1 << 20)}, timeout=10)
         assert huge.status_code == 431, huge.status_code
-        assert status()["agent"]["drained"] >= 0
+        assert "agent" in status()
 
         # the flood, with the counters sampled every second of it
         wrk = subprocess.Popen(["wrk", "-t2", "-c256", f"-d{FLOOD_S}s", "--timeout", "10s", "-H",
@@ -91,14 +91,15 @@ def test_slow_clients_huge_headers_and_a_flood_neither_stop_capture_nor_grow_the
         errors = re.search(r"Socket errors: (.*)", out)
         assert done > 1000 and errors is None, out
 
-        # the slow clients were cut off by the server, not left holding connections
-        def closed(s: socket.socket) -> bool:
+        # the slow clients were cut off by the server (closed, or a 408 first), not left holding connections
+        def cut_off(s: socket.socket) -> bool:
             try:
-                return s.recv(4096) is not None  # b"" (closed) or a 408: either way, answered
+                got = s.recv(4096)  # blocks until the server closes or answers (the socket's timeout)
             except TimeoutError:
                 return False
+            return got == b"" or got.startswith(b"HTTP/1.1 408 ")
 
-        assert all(closed(s) for s in slow)
+        assert all(cut_off(s) for s in slow)
         for s in slow:
             s.close()
     finally:

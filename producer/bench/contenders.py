@@ -50,18 +50,28 @@ def create_topic(bootstrap: str, topic: str, config: dict[str, str] | None = Non
         raise BrokerError(f"creating topic {topic}: {exc.args[0]}") from exc
 
 
-def delete_bench_topics(bootstrap: str, say: Callable[[str], None]) -> None:
-    """Delete every ``hdrlog.bench.*`` topic (a bench reads its results back before it ends): a broker
-    that keeps every run's millions of messages and thousands of partitions slows the runs after it.
-    Best effort: a failure is said, not raised."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
+def topics_named(bootstrap: str, prefix: str, say: Callable[[str], None]) -> set[str] | None:
+    """The broker's topics whose names start with ``prefix``; None (and said why) if it cannot tell."""
     try:
-        topics = sorted(t for t in admin.list_topics(timeout=30).topics if t.startswith("hdrlog.bench."))
-        if topics:
-            for fut in admin.delete_topics(topics, operation_timeout=60).values():
-                fut.result(90)
+        return {t for t in AdminClient({"bootstrap.servers": bootstrap, "log_level": 4}).list_topics(timeout=30).topics
+                if t.startswith(prefix)}
     except KafkaException as exc:
-        say(f"deleting the bench's topics failed (they stay): {exc.args[0]}")
+        say(f"listing the topics failed: {exc.args[0]}")
+        return None
+
+
+def delete_topics(bootstrap: str, topics: set[str] | None, say: Callable[[str], None]) -> None:
+    """Delete ``topics`` (the ones a test session or a bench made, once it has read them back): a broker
+    that keeps every run's messages and thousands of partitions slows the runs after it, and recovers
+    from a SIGKILL slowly enough to fail the fault tests' deadlines.  Best effort: a failure is said."""
+    if not topics:
+        return
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})  # held until the futures are done
+    try:
+        for fut in admin.delete_topics(sorted(topics), operation_timeout=60).values():
+            fut.result(90)
+    except KafkaException as exc:
+        say(f"deleting {len(topics)} topics failed (they stay): {exc.args[0]}")
 
 
 def _consumer(bootstrap: str) -> Consumer:

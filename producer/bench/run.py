@@ -37,7 +37,7 @@ from typing import Any
 
 from producer.bench.agent import HdrlogContender
 from producer.bench.common import Contender, Result, Target
-from producer.bench.contenders import PerRecordBaseline, Pmacctd, TsharkKcat, create_topic, delete_bench_topics
+from producer.bench.contenders import PerRecordBaseline, Pmacctd, TsharkKcat, create_topic, delete_topics, topics_named
 from producer.bench.sender import build_sender, send
 from producer.devstack import StackSettings
 from producer.errors import HdrlogError
@@ -136,7 +136,8 @@ class Bench:
     def __exit__(self, *exc: object) -> None:
         self.sink.close()
         self.net.destroy()
-        delete_bench_topics(self.stack.bootstrap_servers, self.say)
+        bootstrap = self.stack.bootstrap_servers
+        delete_topics(bootstrap, topics_named(bootstrap, "hdrlog.bench.", self.say), self.say)
 
     def target(self, name: str, topic_config: dict[str, str] | None = None) -> Target:
         topic = f"hdrlog.bench.{name.replace(' ', '-').replace('+', '-')}.{uuid.uuid4().hex[:8]}"

@@ -89,7 +89,7 @@ class Ingest:
     stage: IngestStage
     telemetry: Telemetry
     max_body_bytes: int
-    body_timeout_s: float = 30.0
+    body_timeout_s: float
     clock_ns: Callable[[], int] = time.time_ns
     values: Values = field(default_factory=Values)
 
