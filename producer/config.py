@@ -97,6 +97,8 @@ XDP_MODES = ("auto", "native", "generic")
 SHAPES = ("batch", "record")
 BUFFER_TYPES = ("memory", "disk")
 WHEN_FULL = ("block", "drop_newest", "drop_oldest")
+#: more parse workers than cores only add context switches; this bounds a typo
+MAX_PARSE_WORKERS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +342,9 @@ class IngestConfig:
         "largest request body taken (413 above it)", env="HDRLOG_INGEST_MAX_BODY_BYTES"))
     body_timeout_s: float = field(default=30.0, metadata=_m(
         "seconds a request's body may take to arrive whole (408 after)", env="HDRLOG_INGEST_BODY_TIMEOUT"))
+    parse_workers: int = field(default=1, metadata=_m(
+        "processes that parse and encode the bodies, without privileges (0: the agent's own process)",
+        env="HDRLOG_INGEST_PARSE_WORKERS"))
     max_queue_events: int = field(default=100_000, metadata=_m(
         "events waiting to be made durable at most (429 above it)", env="HDRLOG_INGEST_MAX_QUEUE_EVENTS"))
     max_queue_bytes: int = field(default=64 << 20, metadata=_m(
@@ -365,6 +370,8 @@ class IngestConfig:
             raise _bad("ingest.ack_timeout_s", "must be positive")
         if self.body_timeout_s <= 0:
             raise _bad("ingest.body_timeout_s", "must be positive")
+        if not 0 <= self.parse_workers <= MAX_PARSE_WORKERS:
+            raise _bad("ingest.parse_workers", f"must be 0..{MAX_PARSE_WORKERS}")
 
 
 @dataclass(frozen=True, slots=True)

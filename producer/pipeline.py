@@ -42,6 +42,7 @@ from producer.config import AgentConfig, live_settings, reloadable
 from producer.decode.convert import InterfaceNames, MonotonicToWall, RecordDecoder
 from producer.errors import ConfigError, HdrlogError
 from producer.ingest.stage import IdempotencyKeys, IngestLimits, IngestStage, Pending
+from producer.ingest.workers import InlineParser, Parser, ParseWorkers, Setup
 from producer.publish.deadletter import DeadLetters
 from producer.publish.kafka import WINDOW_BYTES, KafkaPublisher
 from producer.publish.sinks import Publisher, StreamPublisher
@@ -52,7 +53,7 @@ from producer.serialize.encoder import Encoder, EncodeStage, Identity, JsonLines
 from producer.serialize.registry import Registry, resolve
 from producer.serialize.rows import RowEncoder
 from producer.serialize.schemas import AvroSchema, Subject, agent_subjects
-from producer.telemetry.events import Stat, Telemetry
+from producer.telemetry.events import IngestStat, Stat, Telemetry
 from producer.telemetry.metrics import Metrics
 from producer.telemetry.server import Ingest, ServerSecurity, TelemetryServer, tls_files
 from producer.telemetry.stats import Send, StatsReporter
@@ -115,10 +116,17 @@ def _ingest_topic(cfg: AgentConfig) -> str:
 
 def _ingest(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Identity, schema_id: int,
             kafka: KafkaPublisher, detached: threading.Event, cancel: Cancel,
-            reply: Callable[[list[Pending]], None]) -> IngestStage:
+            reply: Callable[[list[Pending]], None]) -> tuple[IngestStage, Parser]:
+    """The ingest's stage, and what parses its bodies (started: the workers' processes run)."""
     i = cfg.ingest
-    encoder = RowEncoder(AvroSchema.load("LogEvent"), schema_id,
-                         {"host_id": identity.host_id, "agent_instance": identity.instance_id})
+    schema = AvroSchema.load("LogEvent")
+    consts = {"host_id": identity.host_id, "agent_instance": identity.instance_id}
+    encoder = RowEncoder(schema, schema_id, consts)
+    parser: Parser = InlineParser(encoder)
+    if i.parse_workers:
+        parser = ParseWorkers(i.parse_workers, Setup(schema.raw, schema_id, consts),
+                              lambda: telemetry.ingest(IngestStat.PARSE_WORKER_RESTARTS), i.max_queue_bytes)
+        parser.start()
     keys = IdempotencyKeys(i.idempotency_ttl_s, i.idempotency_max_keys)
     if isinstance(buffer.store, DiskStore):
         keys.restore(buffer.store.recent_keys())
@@ -126,10 +134,11 @@ def _ingest(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Id
                           i.ack_timeout_s)
     log.info("taking log events on /api/v1/logging into %s (202 once %s)", i.topic,
              "in the disk buffer" if buffer.kind == "disk" else "Kafka has acknowledged them")
-    return IngestStage(encoder, i.topic, identity.key, buffer, telemetry, keys, limits,
-                       wait_for_kafka=buffer.kind != "disk",
-                       kafka_down=lambda: telemetry.outage_since is not None or kafka.holding,
-                       detached=detached, cancel=cancel, reply=reply)
+    stage = IngestStage(encoder, i.topic, identity.key, buffer, telemetry, keys, limits,
+                        wait_for_kafka=buffer.kind != "disk",
+                        kafka_down=lambda: telemetry.outage_since is not None or kafka.holding,
+                        detached=detached, cancel=cancel, reply=reply)
+    return stage, parser
 
 
 def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callable[[str], None] | None = None,
@@ -202,10 +211,13 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
         hooks = Hooks(c, program, names, ifindexes, takeover.stale)
         server: TelemetryServer | None = None
         ingest: IngestStage | None = None
+        parser: Parser | None = None
         logs_topic = _ingest_topic(cfg)
         if logs_topic and kafka is not None:
-            ingest = _ingest(cfg, buffer, telemetry, identity, schema_ids[f"{logs_topic}-value"], kafka, detached,
-                             cancel, lambda answered: server.reply(answered) if server is not None else None)
+            ingest, parser = _ingest(cfg, buffer, telemetry, identity, schema_ids[f"{logs_topic}-value"], kafka,
+                                     detached, cancel,
+                                     lambda answered: server.reply(answered) if server is not None else None)
+            resources.callback(parser.close)  # after the server has stopped (the stack unwinds backwards)
         running = {"cfg": cfg}
 
         def reload() -> None:
@@ -243,9 +255,9 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
             security = ServerSecurity(t.token(), tls_files(t.tls_cert_file, t.tls_key_file)
                                       if t.tls_cert_file else None)
             server = TelemetryServer(address[0], address[1], status, metrics.render, security=security,
-                                     ingest=None if ingest is None else
+                                     ingest=None if ingest is None or parser is None else
                                      Ingest(ingest, telemetry, cfg.ingest.max_body_bytes,
-                                            cfg.ingest.body_timeout_s))
+                                            cfg.ingest.body_timeout_s, parser))
             server.start()
             resources.callback(server.stop)
         periodic: list[Periodic] = [Periodic(1.0, status.sample)]

@@ -264,3 +264,84 @@ def test_tls_and_the_token_reach_hdrlog_status(veth, stack, start_agent, tmp_pat
                                                              "SSL_CERT_FILE": str(cert)})
     assert no_token.returncode == 1 and "401" in no_token.stderr
     agent.stop()
+
+
+def _parse_workers(agent_pid: int) -> list[int]:
+    """The agent's parse worker processes."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        if ppid == agent_pid and b"producer.ingest.workers" in argv:
+            out.append(int(entry.name))
+    return out
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in
+                                          Path(f"/proc/{pid}/status").read_text().splitlines())}
+
+
+def test_a_parse_worker_runs_without_privileges_and_its_death_costs_only_its_requests(
+        veth, stack, start_agent, tmp_path: Path) -> None:
+    """The worker that parses hostile bodies has no capability and is nobody; killed with a request in
+    flight, that request gets 503 with Retry-After, the worker is started again, counted, and every
+    event answered 202 is in Kafka once."""
+    import os
+    import signal
+
+    from tests.conftest import wait_for
+
+    agent = _agent(start_agent, veth, stack, tmp_path, "disk")
+    url = agent.url + "/api/v1/logging"
+    first = wait_for(lambda: _parse_workers(agent.proc.pid), 30, "the parse worker")
+    assert len(first) == 1
+    for pid in first:
+        st = _proc_status(pid)
+        assert (st["CapEff"], st["CapPrm"], st["CapInh"], st["CapAmb"]) == ("0" * 16,) * 4, st
+        assert st["NoNewPrivs"] == "1" and st["Uid"].split() == ["65534"] * 4, st
+
+    assert curl(url, orjson.dumps({"message": "before"}))[0] == 202
+    os.kill(first[0], signal.SIGSTOP)  # the next request waits in the worker...
+    answers: list[tuple[int, dict[str, Any], dict[str, str]]] = []
+    waiting = threading.Thread(target=lambda: answers.append(curl(url, orjson.dumps({"message": "lost"}))))
+    waiting.start()
+    wait_for(lambda: _status(agent)["ingest"]["counters"]["requests"] == 2, 30, "the request in flight")
+    os.kill(first[0], signal.SIGKILL)  # ...and the worker dies with it
+    waiting.join(60)
+    status, answer, hdrs = answers[0]
+    assert (status, hdrs["retry-after"]) == (503, "5"), answer
+    assert answer["error"] == "the parse worker died with the request; retry"
+
+    # a client that retries gets through once the worker is started again (503 until then)
+    retried = 0
+
+    def after() -> bool:
+        nonlocal retried
+        status, answer, hdrs = curl(url, orjson.dumps([{"message": "after 0"}, {"message": "after 1"}]))
+        if status == 503:
+            assert hdrs["retry-after"] == "5" and "not yet started again" in answer["error"], answer
+            retried += 1
+            return False
+        assert (status, answer) == (202, {"accepted": 2, "duplicate": False}), answer
+        return True
+
+    wait_for(after, 30, "a new parse worker")
+    second = _parse_workers(agent.proc.pid)
+    assert len(second) == 1 and second != first
+    assert _proc_status(second[0])["CapEff"] == "0" * 16
+
+    _out, err = agent.stop()
+    assert agent.proc.returncode == 0, err
+    assert f"the parse worker (pid {first[0]}) died (signal 9) with 1 requests in flight" in err
+    c = summary_of(err)["ingest"]
+    assert c == {**c, "requests": 3 + retried, "accepted_requests": 2, "accepted": 3, "parse_worker_restarts": 1,
+                 "refused_requests_unavailable": 1 + retried, "refused_events_unavailable": 0,
+                 "delivered": 3, "left_in_buffer": 0}
+    events = log_events(stack, agent.logs_topic)
+    assert sorted(e["message"] for _m, e in events) == ["after 0", "after 1", "before"]

@@ -48,7 +48,7 @@ class Harness:
         self.thread.start()
 
     def post(self, *messages: str, key: str | None = None) -> Pending:
-        p = Pending([row(m) for m in messages], key, 10, reply=None)
+        p = Pending(ENCODER.parts([row(m) for m in messages]), key, 10, reply=None)
         now = self.stage.submit(p)
         if now is not None:
             p.answer = now
@@ -163,13 +163,13 @@ def test_idempotency_keys_expire_and_are_bounded() -> None:
     now = [1000.0]
     keys = IdempotencyKeys(ttl_s=10, max_keys=2, clock=lambda: now[0])
     for k in ("a", "b", "c"):
-        p = Pending([row("m")], k, 1, reply=None)
+        p = Pending(ENCODER.parts([row("m")]), k, 1, reply=None)
         assert keys.claim(p) is None
         keys.settle(k, accepted=True)
     assert len(keys) == 2  # "a", the oldest, was forgotten to make room for "c"
-    assert keys.claim(Pending([row("m")], "a", 1, reply=None)) is None
+    assert keys.claim(Pending(ENCODER.parts([row("m")]), "a", 1, reply=None)) is None
     now[0] += 11
-    assert keys.claim(Pending([row("m")], "c", 1, reply=None)) is None  # expired: claimed afresh
+    assert keys.claim(Pending(ENCODER.parts([row("m")]), "c", 1, reply=None)) is None  # expired: claimed afresh
 
 
 def test_repeats_of_an_unconfirmed_request_are_answered_not_left_waiting() -> None:
@@ -210,14 +210,14 @@ def test_a_broken_store_answers_the_group_and_stops_the_stage() -> None:
         except BaseException as exc:  # noqa: BLE001 - what the agent's thread wrapper sees
             failures.append(exc)
 
-    p = Pending([row("x")], "k", 1, reply=None)
+    p = Pending(ENCODER.parts([row("x")]), "k", 1, reply=None)
     assert stage.submit(p) is None
     t = threading.Thread(target=run)
     t.start()
     t.join(10)
     assert failures and "disk I/O error" in str(failures[0])
     assert p.answer is not None and p.answer.status == 500 and "the buffer failed" in p.answer.text
-    late = stage.submit(Pending([row("y")], None, 1, reply=None))  # after the stage stopped: refused, not queued
+    late = stage.submit(Pending(ENCODER.parts([row("y")]), None, 1, reply=None))  # after the stop: refused
     assert late is not None and late.status == 503
     assert tel.ingest_snapshot()["refused_events_failed"] == 1
 

@@ -100,3 +100,40 @@ def test_a_row_of_the_wrong_width_is_refused() -> None:
     good = {"timestamp_ns": 1, "received_ns": 2, "source": 0, "message": "m", "attributes": {}}
     with pytest.raises(SerializationError, match="more values"):
         enc.encode([(*(good.get(n) for n in enc.value_fields), "extra")])
+
+
+def test_parts_spliced_are_encodes_bytes() -> None:
+    """The parse workers' path (parts now, the sequence later) gives exactly encode's bytes and offsets,
+    however the rows are split between requests."""
+    enc = RowEncoder(SCHEMA, 77, CONSTS)
+    types = {f["name"]: f["type"] for f in SCHEMA.raw["fields"]}
+    rnd = random.Random(6)
+    rows = [tuple(_random_value(n, types[n], rnd) for n in enc.value_fields) for _ in range(3000)]
+    groups, at = [], 0
+    while at < len(rows):
+        size = rnd.choice([0, 1, 2, 7, 100, 333])
+        groups.append(rows[at:at + size])
+        at += size
+    parts = [enc.parts(g) for g in groups]
+    assert [p.count for p in parts] == [len(g) for g in groups]
+    for base in (0, 2**40, 2**63 - 3001):
+        assert enc.splice(parts, base) == enc.encode(rows, base)
+    assert enc.splice([], 5) == (b"", ())
+    assert enc.splice([enc.parts([])], 5) == (b"", ())
+
+
+def test_parts_refuse_what_encode_refuses() -> None:
+    enc = RowEncoder(SCHEMA, 1, CONSTS)
+    good = {"timestamp_ns": 1, "received_ns": 2, "source": 0, "level": None, "message": "m", "attributes": {}}
+    row = tuple(2**31 if n == "src_port" else good.get(n) for n in enc.value_fields)
+    with pytest.raises(SerializationError, match="row 0, field .*: out of range"):
+        enc.parts([row])
+
+
+def test_splice_refuses_cuts_outside_the_blob() -> None:
+    enc = RowEncoder(SCHEMA, 1, CONSTS)
+    good = enc.parts([tuple({"timestamp_ns": 1, "received_ns": 2, "source": 0, "message": "m",
+                             "attributes": {}}.get(n) for n in enc.value_fields)])
+    for cuts in (struct.pack("=QQ", 0, len(good.blob) + 1), struct.pack("=QQ", 3, 2), good.cuts[:-1]):
+        with pytest.raises(ValueError, match="cuts"):
+            enc.splice([type(good)(good.blob, cuts)], 0)

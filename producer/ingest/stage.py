@@ -1,4 +1,4 @@
-"""The HTTP ingest's stage: parsed requests -> grouped, encoded entries -> the buffer -> answers.
+"""The HTTP ingest's stage: encoded requests -> grouped, numbered entries -> the buffer -> answers.
 
     POST handler --submit--> [waiting events, bounded] --IngestStage thread--> Buffer.offer --> answer
 
@@ -6,7 +6,8 @@
 once when it can (a duplicate, a full queue, a stopping agent, Kafka down with
 the memory buffer) and otherwise queues the request.  The stage's thread takes
 every request that arrived within ``linger_s`` of the first (up to
-``max_group_events``), encodes their events as LogEvent messages in one buffer
+``max_group_events``), numbers their events (each request's arrive encoded
+but for the sequence: ingest/workers.py) as LogEvent messages in one buffer
 entry, and offers it to the buffer: with the disk buffer the offer is one
 durable commit (one fsync for the whole group), after which every request of
 the group is answered 202; with the memory buffer the answer waits until Kafka
@@ -36,9 +37,8 @@ from typing import Any
 
 from producer.buffer.base import Buffer, Outcome
 from producer.channel import Cancel
-from producer.ingest.parse import Row
 from producer.records import Encoded, Source
-from producer.serialize.rows import RowEncoder
+from producer.serialize.rows import Parts, RowEncoder
 from producer.telemetry.events import STATUS, IngestStat, Refusal, Telemetry
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,10 @@ def refusal(reason: Refusal, text: str, events: int) -> Answer:
 
 @dataclass(eq=False)
 class Pending:
-    """One queued request; ``reply`` is the handler's (the server knows what it is)."""
+    """One queued request, its events encoded but for their sequence; ``reply`` is the handler's (the
+    server knows what it is)."""
 
-    rows: list[Row]
+    parts: Parts
     key: str | None
     size: int
     reply: Any
@@ -86,7 +87,7 @@ class Pending:
 
     @property
     def events(self) -> int:
-        return len(self.rows)
+        return self.parts.count
 
 
 @dataclass
@@ -290,11 +291,10 @@ class IngestStage:
             return group
 
     def _commit(self, group: list[Pending]) -> None:
-        rows = [row for p in group for row in p.rows]
-        n = len(rows)
+        n = sum(p.events for p in group)
         try:
-            payload, offsets = self._encoder.encode(rows, self._seq)
-        except Exception as exc:  # noqa: BLE001 - the parser lets nothing through that the schema refuses
+            payload, offsets = self._encoder.splice([p.parts for p in group], self._seq)
+        except Exception as exc:  # noqa: BLE001 - parts come from the encoder (or a parse worker): a bug
             log.exception("encoding %d log events failed", n)
             self._refuse(group, Refusal.FAILED, f"the events could not be encoded: {exc}")
             return

@@ -11,6 +11,8 @@
  *
  *   W_CONST   the pre-encoded bytes consts[arg] (host id, instance); takes no value
  *   W_SEQ     zig-zag varint of seq_base + the row's index; takes no value
+ *             (encode_parts leaves it out and says where it goes: splice
+ *             writes it, once the stage knows the sequence)
  *   W_LONG    an int; arg 32 (Avro int) or 64 (long) bounds it
  *   W_STRING  a str, written as UTF-8 (a lone surrogate is refused)
  *   W_BYTES   a bytes object
@@ -140,8 +142,9 @@ static int put_value(out_buf *b, const int64_t *ins, PyObject *v, Py_ssize_t row
 	}
 }
 
+/* seq_at NULL: write the sequence; else leave it out and store where it goes */
 static int encode_row(out_buf *b, const int64_t *code, Py_ssize_t fields, PyObject *const *consts,
-		      Py_ssize_t nconsts, PyObject *row, Py_ssize_t index, int64_t seq_base)
+		      Py_ssize_t nconsts, PyObject *row, Py_ssize_t index, int64_t seq_base, uint64_t *seq_at)
 {
 	if (!PyTuple_Check(row))
 		return bad(index, -1, "not a tuple");
@@ -159,6 +162,10 @@ static int encode_row(out_buf *b, const int64_t *code, Py_ssize_t fields, PyObje
 			continue;
 		}
 		if (ins[I_OP] == W_SEQ) {
+			if (seq_at != NULL) {
+				*seq_at = (uint64_t)b->len;
+				continue;
+			}
 			if (put_long(b, seq_base + index))
 				return -1;
 			continue;
@@ -185,6 +192,20 @@ static int encode_row(out_buf *b, const int64_t *code, Py_ssize_t fields, PyObje
 	return 0;
 }
 
+static int check_program(const Py_buffer *prog, PyObject *consts)
+{
+	if (prog->len % (Py_ssize_t)(I_SIZE * sizeof(int64_t))) {
+		PyErr_SetString(PyExc_ValueError, "the program is not whole instructions");
+		return -1;
+	}
+	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(consts); i++)
+		if (!PyBytes_Check(PyTuple_GET_ITEM(consts, i))) {
+			PyErr_SetString(PyExc_TypeError, "constants must be bytes");
+			return -1;
+		}
+	return 0;
+}
+
 static PyObject *encode_rows(PyObject *self, PyObject *args)
 {
 	(void)self;
@@ -197,15 +218,8 @@ static PyObject *encode_rows(PyObject *self, PyObject *args)
 	out_buf b = {0};
 	Py_ssize_t fields = prog.len / (Py_ssize_t)(I_SIZE * sizeof(int64_t));
 	Py_ssize_t nconsts = PyTuple_GET_SIZE(consts), n = PyList_GET_SIZE(rows);
-	if (prog.len % (Py_ssize_t)(I_SIZE * sizeof(int64_t))) {
-		PyErr_SetString(PyExc_ValueError, "the program is not whole instructions");
+	if (check_program(&prog, consts))
 		goto out;
-	}
-	for (Py_ssize_t i = 0; i < nconsts; i++)
-		if (!PyBytes_Check(PyTuple_GET_ITEM(consts, i))) {
-			PyErr_SetString(PyExc_TypeError, "constants must be bytes");
-			goto out;
-		}
 	offsets = PyTuple_New(n);
 	if (offsets == NULL)
 		goto out;
@@ -219,7 +233,7 @@ static PyObject *encode_rows(PyObject *self, PyObject *args)
 		memcpy(b.data + b.len, prefix.buf, (size_t)prefix.len);
 		b.len += prefix.len;
 		if (encode_row(&b, (const int64_t *)prog.buf, fields, &PyTuple_GET_ITEM(consts, 0), nconsts,
-			       PyList_GET_ITEM(rows, i), i, (int64_t)seq_base))
+			       PyList_GET_ITEM(rows, i), i, (int64_t)seq_base, NULL))
 			goto out;
 	}
 	PyObject *payload = PyBytes_FromStringAndSize((const char *)b.data, b.len);
@@ -235,10 +249,141 @@ out:
 	return result;
 }
 
+/* encode_parts(program, consts, rows) -> (blob, cuts): each row's Avro body
+ * without the sequence, back to back, and cuts: two uint64 a row (where its
+ * body starts in blob, where its sequence goes), native order. */
+static PyObject *encode_parts(PyObject *self, PyObject *args)
+{
+	(void)self;
+	Py_buffer prog = {0};
+	PyObject *consts, *rows, *result = NULL;
+	if (!PyArg_ParseTuple(args, "y*O!O!", &prog, &PyTuple_Type, &consts, &PyList_Type, &rows))
+		return NULL;
+	out_buf b = {0};
+	Py_ssize_t fields = prog.len / (Py_ssize_t)(I_SIZE * sizeof(int64_t));
+	Py_ssize_t n = PyList_GET_SIZE(rows);
+	uint64_t *cuts = NULL;
+	if (check_program(&prog, consts))
+		goto out;
+	cuts = PyMem_Calloc((size_t)n + 1, 2 * sizeof(uint64_t));
+	if (cuts == NULL) {
+		PyErr_NoMemory();
+		goto out;
+	}
+	for (Py_ssize_t i = 0; i < n; i++) {
+		cuts[2 * i] = (uint64_t)b.len;
+		cuts[2 * i + 1] = UINT64_MAX;
+		if (encode_row(&b, (const int64_t *)prog.buf, fields, &PyTuple_GET_ITEM(consts, 0),
+			       PyTuple_GET_SIZE(consts), PyList_GET_ITEM(rows, i), i, 0, &cuts[2 * i + 1]))
+			goto out;
+		if (cuts[2 * i + 1] == UINT64_MAX) {
+			PyErr_SetString(PyExc_ValueError, "the program has no sequence field");
+			goto out;
+		}
+	}
+	result = Py_BuildValue("(y#y#)", b.data ? (const char *)b.data : "", b.len, (const char *)cuts,
+			       (Py_ssize_t)(2 * sizeof(uint64_t)) * n);
+out:
+	PyMem_Free(cuts);
+	PyMem_Free(b.data);
+	PyBuffer_Release(&prog);
+	return result;
+}
+
+/* One part's rows after `prefix`, their sequences from *seq on. */
+static int splice_part(out_buf *b, PyObject *offsets, Py_ssize_t *at, int64_t *seq, PyObject *part,
+		       const Py_buffer *prefix)
+{
+	if (!PyTuple_Check(part) || PyTuple_GET_SIZE(part) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(part, 0))
+	    || !PyBytes_Check(PyTuple_GET_ITEM(part, 1))) {
+		PyErr_SetString(PyExc_TypeError, "a part is (blob, cuts), both bytes");
+		return -1;
+	}
+	const uint8_t *blob = (const uint8_t *)PyBytes_AS_STRING(PyTuple_GET_ITEM(part, 0));
+	uint64_t len = (uint64_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(part, 0));
+	Py_ssize_t cut_bytes = PyBytes_GET_SIZE(PyTuple_GET_ITEM(part, 1));
+	if (cut_bytes % (Py_ssize_t)(2 * sizeof(uint64_t))) {
+		PyErr_SetString(PyExc_ValueError, "cuts are not whole pairs");
+		return -1;
+	}
+	Py_ssize_t n = cut_bytes / (Py_ssize_t)(2 * sizeof(uint64_t));
+	uint64_t cut[2], next;
+	for (Py_ssize_t i = 0; i < n; i++) {
+		memcpy(cut, PyBytes_AS_STRING(PyTuple_GET_ITEM(part, 1)) + i * 2 * sizeof(uint64_t), sizeof(cut));
+		if (i + 1 < n)
+			memcpy(&next, PyBytes_AS_STRING(PyTuple_GET_ITEM(part, 1)) + (i + 1) * 2 * sizeof(uint64_t),
+			       sizeof(next));
+		else
+			next = len;
+		if (!(cut[0] <= cut[1] && cut[1] <= next && next <= len)) {
+			PyErr_SetString(PyExc_ValueError, "cuts out of order or outside the blob");
+			return -1;
+		}
+		PyObject *start = PyLong_FromSsize_t(b->len);
+		if (start == NULL)
+			return -1;
+		PyTuple_SET_ITEM(offsets, (*at)++, start);
+		if (reserve(b, prefix->len + (Py_ssize_t)(next - cut[0])))
+			return -1;
+		memcpy(b->data + b->len, prefix->buf, (size_t)prefix->len);
+		b->len += prefix->len;
+		memcpy(b->data + b->len, blob + cut[0], (size_t)(cut[1] - cut[0]));
+		b->len += (Py_ssize_t)(cut[1] - cut[0]);
+		if (put_long(b, (*seq)++) || reserve(b, (Py_ssize_t)(next - cut[1])))
+			return -1;
+		memcpy(b->data + b->len, blob + cut[1], (size_t)(next - cut[1]));
+		b->len += (Py_ssize_t)(next - cut[1]);
+	}
+	return 0;
+}
+
+/* splice(parts, seq_base, prefix) -> (payload, offsets): what encode_rows gives for the
+ * parts' rows in order (encode_parts' output, each a (blob, cuts) tuple). */
+static PyObject *splice(PyObject *self, PyObject *args)
+{
+	(void)self;
+	Py_buffer prefix = {0};
+	PyObject *parts, *result = NULL, *offsets = NULL;
+	long long seq_base;
+	if (!PyArg_ParseTuple(args, "O!Ly*", &PyList_Type, &parts, &seq_base, &prefix))
+		return NULL;
+	out_buf b = {0};
+	Py_ssize_t total = 0, at = 0;
+	int64_t seq = (int64_t)seq_base;
+	for (Py_ssize_t p = 0; p < PyList_GET_SIZE(parts); p++) {
+		PyObject *part = PyList_GET_ITEM(parts, p);
+		if (PyTuple_Check(part) && PyTuple_GET_SIZE(part) == 2 && PyBytes_Check(PyTuple_GET_ITEM(part, 1)))
+			total += PyBytes_GET_SIZE(PyTuple_GET_ITEM(part, 1)) / (Py_ssize_t)(2 * sizeof(uint64_t));
+	}
+	offsets = PyTuple_New(total);
+	if (offsets == NULL)
+		goto out;
+	for (Py_ssize_t p = 0; p < PyList_GET_SIZE(parts); p++)
+		if (splice_part(&b, offsets, &at, &seq, PyList_GET_ITEM(parts, p), &prefix))
+			goto out;
+	if (at != total) {
+		PyErr_SetString(PyExc_ValueError, "the parts changed while spliced");
+		goto out;
+	}
+	result = Py_BuildValue("(y#O)", b.data ? (const char *)b.data : "", b.len, offsets);
+out:
+	Py_XDECREF(offsets);
+	PyMem_Free(b.data);
+	PyBuffer_Release(&prefix);
+	return result;
+}
+
 static PyMethodDef methods[] = {
 	{"encode_rows", encode_rows, METH_VARARGS,
 	 "encode_rows(program, consts, rows, seq_base, prefix) -> (payload, offsets)\n\n"
 	 "Each row's Avro body after `prefix`, back to back; offsets[i] is where row i's message starts."},
+	{"encode_parts", encode_parts, METH_VARARGS,
+	 "encode_parts(program, consts, rows) -> (blob, cuts)\n\n"
+	 "Each row's Avro body without its sequence, back to back; cuts: two native uint64 a row (where it starts,\n"
+	 "where its sequence goes)."},
+	{"splice", splice, METH_VARARGS,
+	 "splice(parts, seq_base, prefix) -> (payload, offsets)\n\n"
+	 "encode_rows' output for the rows of parts, a list of encode_parts' (blob, cuts), in order."},
 	{NULL, NULL, 0, NULL},
 };
 

@@ -7,6 +7,11 @@ are written from pre-encoded values (host id, agent instance); a field named
 ``sequence`` is the row's index plus a base; every other field takes the
 next value of the row's tuple, in schema order (``value_fields``).
 
+``parts(rows)`` encodes rows before their sequence is known (in the HTTP
+ingest's parse workers, ingest/workers.py): every field but the sequence,
+and where it goes; ``splice(parts, seq_base)`` then gives exactly what
+``encode(rows, seq_base)`` gives.
+
 Why not fastavro: it takes ~16 µs a LogEvent here, and the HTTP ingest's
 target is 100,000 events a second on a machine whose two cores also capture.
 fastavro is the reference: tests/test_rows.py requires its bytes exactly.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import fastavro
@@ -51,6 +57,19 @@ def _encode_value(schema: AvroSchema, name: str, value: Any) -> bytes:
     out = io.BytesIO()
     fastavro.schemaless_writer(out, parsed, {"v": value})
     return out.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """Rows encoded without their sequence: ``blob`` back to back; ``cuts`` two native uint64 a row
+    (where it starts in ``blob``, where its sequence goes)."""
+
+    blob: bytes
+    cuts: bytes
+
+    @property
+    def count(self) -> int:
+        return len(self.cuts) // 16
 
 
 class RowEncoder:
@@ -92,4 +111,17 @@ class RowEncoder:
             payload, offsets = _rows.encode_rows(self._code, self._consts, rows, seq_base, self.prefix)
         except ValueError as exc:
             raise SerializationError(f"a log event does not fit the schema: {exc}") from exc
+        return payload, offsets
+
+    def parts(self, rows: list[tuple[Any, ...]]) -> Parts:
+        """``rows`` encoded but for the sequence; SerializationError as ``encode``."""
+        try:
+            blob, cuts = _rows.encode_parts(self._code, self._consts, rows)
+        except ValueError as exc:
+            raise SerializationError(f"a log event does not fit the schema: {exc}") from exc
+        return Parts(blob, cuts)
+
+    def splice(self, parts: list[Parts], seq_base: int) -> tuple[bytes, tuple[int, ...]]:
+        """What ``encode`` gives for the rows of ``parts``, in order, numbered from ``seq_base``."""
+        payload, offsets = _rows.splice([(p.blob, p.cuts) for p in parts], seq_base, self.prefix)
         return payload, offsets

@@ -45,10 +45,18 @@ class AvroSchema:
     def from_file(cls, name: str, path: Path) -> AvroSchema:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            parsed = fastavro.parse_schema(raw)
-        except (OSError, ValueError, fastavro.schema.SchemaParseException) as exc:
+        except (OSError, ValueError) as exc:
             raise SerializationError(f"schema {path} cannot be used: {exc}") from exc
-        return cls(name, json.dumps(raw, separators=(",", ":")), parsed, json.loads(path.read_text(encoding="utf-8")))
+        return cls.from_raw(name, raw, str(path))
+
+    @classmethod
+    def from_raw(cls, name: str, raw: Any, where: str = "") -> AvroSchema:
+        """The schema of a JSON document (``raw`` is kept as given; fastavro parses a copy)."""
+        try:
+            parsed = fastavro.parse_schema(json.loads(json.dumps(raw)))
+        except (ValueError, fastavro.schema.SchemaParseException) as exc:
+            raise SerializationError(f"schema {where or name} cannot be used: {exc}") from exc
+        return cls(name, json.dumps(raw, separators=(",", ":")), parsed, raw)
 
 
 @dataclass(frozen=True, slots=True)

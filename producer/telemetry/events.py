@@ -96,6 +96,7 @@ class IngestStat(StrEnum):
     ACCEPTED_REQUESTS = "accepted_requests"    # answered 202 (a duplicate's repeat not included)
     ACCEPTED = "accepted"                      # events in them
     DUPLICATE_REQUESTS = "duplicate_requests"  # a repeat of an accepted Idempotency-Key: 202, nothing enqueued
+    PARSE_WORKER_RESTARTS = "parse_worker_restarts"  # a parse worker died (its requests answered 503)
 
 
 class Refusal(StrEnum):

@@ -15,7 +15,9 @@ and ``tls_key_file`` it serves HTTPS only (TLS 1.2 at least).  The GET handlers
 only read snapshots.  The POST handlers (``/api/v1/logging``,
 ``/api/v1/logging/kong``, ``/api/v1/logging/apisix``) read the body (at most
 ``max_body_bytes``: 413; a Content-Length is required: 411; whole within
-``ingest.body_timeout_s``: 408), parse it (ingest/parse.py) and hand the events to the
+``ingest.body_timeout_s``: 408), have it parsed and encoded (ingest/workers.py: a
+parse worker process; 503 if it died with the request, 429 if too many body bytes
+wait for one) and hand the events to the
 ingest stage (ingest/stage.py), whose answer they wait for: 202 once the
 events are durable, else the status and reason of ``Refusal``.  Headers must
 arrive within ``HEADER_TIMEOUT_S`` (granian closes the connection).
@@ -34,7 +36,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +50,10 @@ from granian.http import HTTP1Settings
 from granian.server import common as granian_common
 from granian.server.embed import Server
 
-from producer.errors import ConfigError
-from producer.ingest.parse import BodyError, Shape, Values, parse
+from producer.errors import ConfigError, SerializationError
+from producer.ingest.parse import BodyError, Parsed, Shape
 from producer.ingest.stage import Answer, IngestStage, Pending, refusal
+from producer.ingest.workers import Parser, WorkerGone, WorkersBusy
 from producer.telemetry.events import Refusal, Telemetry
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,8 @@ BACKLOG = 1024
 STOP_TIMEOUT_S = 10.0
 #: how long a request's headers may take to arrive (granian closes the connection after)
 HEADER_TIMEOUT_S = 10.0
+#: how often body reads are checked against ingest.body_timeout_s (a 408 comes up to this much later)
+SWEEP_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +95,8 @@ class Ingest:
     telemetry: Telemetry
     max_body_bytes: int
     body_timeout_s: float
+    parser: Parser  # the body to encoded events: parse workers, or inline
     clock_ns: Callable[[], int] = time.time_ns
-    values: Values = field(default_factory=Values)
 
 
 class _Server(Server):
@@ -125,6 +130,8 @@ class TelemetryServer:
         self._thread: threading.Thread | None = None
         self._failed: BaseException | None = None
         self._stopping = False
+        self._reads: dict[asyncio.Task[Any], float] = {}  # body reads and their deadlines (loop only)
+        self._late: set[asyncio.Task[Any]] = set()  # those _sweep cancelled
         self.port = 0
 
     # -- requests (on the server's loop) ------------------------------------------------
@@ -192,7 +199,7 @@ class TelemetryServer:
             self._refused(proto, Refusal.TOO_LARGE, f"the body is over {ing.max_body_bytes} bytes")
             return
         try:  # a client that sends its body slowly holds a connection, not the server
-            body = bytes(await asyncio.wait_for(proto(), ing.body_timeout_s)) if length is not None else b""
+            body = b"" if length is None else await self._body(proto, start + ing.body_timeout_s)
         except TimeoutError:
             tel.ingest_request(0)
             self._refused(proto, Refusal.INCOMPLETE, f"the body did not arrive whole within {ing.body_timeout_s:g} s")
@@ -204,16 +211,26 @@ class TelemetryServer:
                 self._refused(proto, Refusal.INVALID, f"Idempotency-Key must be 1..{MAX_KEY} printable characters")
                 return
             try:
-                parsed = parse(body, headers.get("content-type", "").lower(), shape, received_ns, ing.values)
+                taken = await ing.parser.take(body, headers.get("content-type", "").lower(), shape, received_ns)
             except BodyError as exc:
                 self._refused(proto, Refusal.INVALID, str(exc))
                 return
-            if parsed.errors:
-                tel.refused(Refusal.INVALID, parsed.items)
-                _respond(proto, 400, parsed.error_body())
+            except WorkersBusy as exc:
+                self._refused(proto, Refusal.OVERLOADED, str(exc))
+                return
+            except WorkerGone as exc:
+                self._refused(proto, Refusal.UNAVAILABLE, f"{exc}; retry")
+                return
+            except SerializationError as exc:  # the parser let through what the schema refuses: a bug
+                log.error("a request's events could not be encoded: %s", exc)
+                self._refused(proto, Refusal.FAILED, f"the events could not be encoded: {exc}")
+                return
+            if isinstance(taken, Parsed):
+                tel.refused(Refusal.INVALID, taken.items)
+                _respond(proto, 400, taken.error_body())
                 return
             fut: asyncio.Future[Answer] = self._loop.create_future()
-            answer = ing.stage.submit(Pending(parsed.rows, key, len(body), fut))
+            answer = ing.stage.submit(Pending(taken, key, len(body), fut))
         except (ProtocolClosed, ProtocolError):
             raise  # an answer could not be sent: the refusal was counted
         except Exception:
@@ -226,12 +243,39 @@ class TelemetryServer:
         retry = answer.retry_after
         _respond(proto, answer.status, answer.body(), None if retry is None else [("retry-after", str(retry))])
 
+    async def _body(self, proto: Any, deadline: float) -> bytes:
+        """The request's body; TimeoutError if it is not whole by ``deadline`` (monotonic), as ``_sweep``
+        finds (a timer a request, asyncio.timeout or wait_for, took a sixth of the loop's time)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._reads[task] = deadline
+        try:
+            return bytes(await proto())
+        except asyncio.CancelledError:
+            if task not in self._late:
+                raise
+            task.uncancel()
+            raise TimeoutError from None
+        finally:
+            self._reads.pop(task, None)
+            self._late.discard(task)
+
+    def _sweep(self) -> None:
+        """Every SWEEP_S, on the loop: cancel the body reads that are past their deadline."""
+        now = time.monotonic()
+        for task, deadline in list(self._reads.items()):
+            if deadline <= now and task not in self._late:
+                self._late.add(task)
+                task.cancel()
+        self._loop.call_later(SWEEP_S, self._sweep)
+
     def _refused(self, proto: Any, reason: Refusal, text: str) -> None:
         """A refusal the handler gives before the stage sees the request (its events are not known)."""
         assert self._ingest is not None
         self._ingest.telemetry.refused(reason, 0)
         answer = refusal(reason, text, 0)
-        _respond(proto, answer.status, answer.body())
+        retry = answer.retry_after
+        _respond(proto, answer.status, answer.body(), None if retry is None else [("retry-after", str(retry))])
 
     def reply(self, answered: list[Pending]) -> None:
         """The ingest stage's answers (from its thread): one hand-over to the event loop for all of them."""
@@ -314,8 +358,11 @@ class TelemetryServer:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         assert self._server is not None
+        self._loop.call_soon(self._sweep)
         try:
             self._loop.run_until_complete(self._server.serve())
+            if self._ingest is not None:
+                self._loop.run_until_complete(self._ingest.parser.detach())
         except BaseException as exc:  # noqa: BLE001 - start() reports it
             if not self._stopping:
                 self._failed = exc

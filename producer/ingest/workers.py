@@ -1,0 +1,451 @@
+"""Request bodies to encoded events, away from the agent's event loop: the parse workers.
+
+    server (event loop) --body--> worker process: parse.py + RowEncoder.parts --parts--> server --> stage
+
+Parsing JSON and building rows holds the interpreter lock: in the agent's own
+process it took half the lock's time at 100,000 events a second and bounded
+the ingest (BENCHMARKS.md).  ``ParseWorkers`` runs ``ingest.parse_workers``
+processes (``python -m producer.ingest.workers``) that each take a body and
+answer with the events encoded but for their sequence (``Parts``; the stage
+splices the sequence in when it commits), or with why not.  The agent's side
+costs a pipe write and read a request.
+
+A worker parses what an attacker may send, so it keeps nothing it does not
+need: once started it drops every capability and, started as root, becomes
+``nobody``; it sets no-new-privileges and dies with the agent
+(PR_SET_PDEATHSIG).  A worker that dies fails its requests in flight with
+``WorkerGone`` (the server answers 503 with Retry-After, so a body that kills
+the parser costs one worker, not the agent), is counted
+(``parse_worker_restarts``) and logged, and is started again at the next
+request, at most once a ``RESPAWN_S``.
+
+``ingest.parse_workers = 0`` parses in the agent's process (``InlineParser``).
+Both give the same answers: ``take_body`` is the one function that does the
+work either way.
+
+The pipe's frames, native byte order: a request is ``REQUEST`` (id,
+received_ns, flags, body length) and the body; an answer is ``ANSWER`` (id,
+kind, events, length) and ``length`` bytes: for PARTS the cuts then the
+blob, for ERRORS a JSON ``{"items": n, "errors": [[index, reason], ...]}``,
+for BODY and FAILED the reason in UTF-8.  The first frame each way is the
+setup (length-prefixed JSON) and READY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import json
+import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import orjson
+
+from producer.errors import HdrlogError, SerializationError
+from producer.ingest.parse import BodyError, Parsed, Shape, Values, parse
+from producer.serialize.rows import Parts, RowEncoder
+from producer.serialize.schemas import AvroSchema
+
+log = logging.getLogger(__name__)
+
+REQUEST = struct.Struct("=QqBQ")  # id, received_ns, flags, body length
+ANSWER = struct.Struct("=QBQQ")  # id, kind, events, length
+SETUP = struct.Struct("=I")  # length of the setup JSON
+NDJSON = 0x80  # flags: the body is NDJSON; the low bits are the Shape
+PARTS, ERRORS, BODY, FAILED, READY = range(5)
+#: a dead worker is started again at most once in this many seconds (503 until then)
+RESPAWN_S = 1.0
+#: how long a worker may take to start (imports, warm-up)
+START_TIMEOUT_S = 60.0
+NOBODY = 65534
+#: a body the worker parses once before it drops its privileges, so every lazy import is done
+WARM_UP = (b'[{"message":"warm-up","timestamp":"2026-11-30T08:00:00.1Z","level":"INFO","details":'
+           b'{"src_ip":"10.0.0.1","dst_ip":"::1","src_port":1,"port":2,"protocol":"tcp","k":1.5}}]')
+
+
+class WorkerGone(HdrlogError):
+    """The worker that had the request died (or none runs yet): the request may be retried."""
+
+
+class WorkersBusy(HdrlogError):
+    """Too many body bytes wait for the workers (``ingest.max_queue_bytes``): retry later."""
+
+
+Taken = Parts | Parsed  # encoded events, or a Parsed that lists the bad ones
+
+
+def take_body(body: bytes, content_type: str, shape: Shape, received_ns: int, values: Values,
+              encoder: RowEncoder) -> Taken:
+    """The body's events encoded but for their sequence, or the Parsed that lists the bad items.
+    Raises BodyError (a 400) and SerializationError (an event the schema refuses: a bug, a 500)."""
+    parsed = parse(body, content_type, shape, received_ns, values)
+    if parsed.errors:
+        return parsed
+    return encoder.parts(parsed.rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What a worker needs to encode: LogEvent's schema, its registry id, the agent's constant fields."""
+
+    schema: dict[str, Any]
+    schema_id: int
+    consts: dict[str, Any]
+
+    def encoder(self) -> RowEncoder:
+        return RowEncoder(AvroSchema.from_raw("LogEvent", self.schema), self.schema_id, self.consts)
+
+
+class InlineParser:
+    """``ingest.parse_workers = 0``: the agent's own process parses (its event loop holds the lock)."""
+
+    def __init__(self, encoder: RowEncoder) -> None:
+        self._encoder = encoder
+        self._values = Values()
+
+    async def take(self, body: bytes, content_type: str, shape: Shape, received_ns: int) -> Taken:
+        return take_body(body, content_type, shape, received_ns, self._values, self._encoder)
+
+    async def detach(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# -- the agent's side -------------------------------------------------------------------
+
+
+class _Worker:
+    """One worker process and its requests in flight; used on the server's event loop only."""
+
+    def __init__(self, setup: bytes, on_death: Callable[[], None]) -> None:
+        self._setup = setup
+        self._on_death = on_death
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._link: asyncio.Future[None] | None = None  # the event loop taking the pipes
+        self._writer: asyncio.WriteTransport | None = None
+        self._reader: asyncio.ReadTransport | None = None
+        self._waiting: dict[int, asyncio.Future[Taken]] = {}
+        self._buf = bytearray()
+        self._next_id = 0
+        self._ready = False
+        self._died_at = 0.0
+        self._detaching = False
+
+    def spawn(self) -> None:
+        """Start the process and send its setup (it answers READY once it can take bodies)."""
+        self._proc = subprocess.Popen([sys.executable, "-m", "producer.ingest.workers"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, close_fds=True)
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(SETUP.pack(len(self._setup)) + self._setup)
+        self._proc.stdin.flush()
+        self._ready = False
+        self._buf.clear()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until READY (at the agent's start, before the event loop takes the pipes)."""
+        assert self._proc is not None and self._proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        head = b""
+        while len(head) < ANSWER.size:
+            if time.monotonic() > deadline:
+                self.kill()
+                raise HdrlogError(f"the parse worker did not start within {timeout:g} s")
+            chunk = self._proc.stdout.read1(ANSWER.size - len(head))  # type: ignore[attr-defined]
+            if not chunk:
+                code = self._proc.wait()
+                raise HdrlogError(f"the parse worker exited at start (status {code}; its error is above)")
+            head += chunk
+        if ANSWER.unpack(head)[1] != READY:
+            self.kill()
+            raise HdrlogError("the parse worker answered its setup with something other than READY")
+        self._ready = True
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting)
+
+    async def _connect(self) -> None:
+        assert self._proc is not None and self._proc.stdin is not None and self._proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        self._writer, _ = await loop.connect_write_pipe(_Quiet, self._proc.stdin)
+        self._reader, _ = await loop.connect_read_pipe(lambda: _Answers(self), self._proc.stdout)
+
+    async def take(self, body: bytes, content_type: str, shape: Shape, received_ns: int) -> Taken:
+        if self._link is None:  # the first request since the start (or a death): once, for all of them
+            if self._proc is None:
+                if time.monotonic() - self._died_at < RESPAWN_S:
+                    raise WorkerGone("the parse worker died and is not yet started again")
+                self.spawn()
+            self._link = asyncio.ensure_future(self._connect())
+        await self._link
+        if self._writer is None:
+            raise WorkerGone("the parse worker died before it took the request")
+        rid = self._next_id
+        self._next_id += 1
+        fut: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        flags = shape.value | (NDJSON if "ndjson" in content_type else 0)
+        self._writer.write(REQUEST.pack(rid, received_ns, flags, len(body)))
+        self._writer.write(body)
+        return await fut
+
+    def _received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        at = 0
+        while len(buf) - at >= ANSWER.size:
+            rid, kind, events, length = ANSWER.unpack_from(buf, at)
+            end = at + ANSWER.size + length
+            if len(buf) < end:
+                break
+            payload = bytes(buf[at + ANSWER.size:end])
+            at = end
+            if kind == READY:
+                self._ready = True
+                continue
+            fut = self._waiting.pop(rid, None)
+            if fut is None or fut.done():
+                continue
+            if kind == PARTS:
+                fut.set_result(Parts(payload[events * 16:], payload[:events * 16]))
+            elif kind == ERRORS:
+                listed = orjson.loads(payload)
+                fut.set_result(Parsed([], [(i, r) for i, r in listed["errors"]], listed["items"]))
+            elif kind == BODY:
+                fut.set_exception(BodyError(payload.decode()))
+            else:
+                fut.set_exception(SerializationError(payload.decode()))
+        del buf[:at]
+
+    def _lost(self) -> None:
+        """The pipe closed: the worker died (or is stopping); its requests fail with WorkerGone."""
+        proc, self._proc = self._proc, None
+        for t in (self._writer, self._reader):
+            if t is not None:
+                t.close()
+        self._writer = self._reader = None
+        self._link = None
+        waiting, self._waiting = self._waiting, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_exception(WorkerGone("the parse worker died with the request"))
+        if proc is None or self._detaching:
+            self._proc = proc
+            return
+        self._died_at = time.monotonic()
+        code = None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = proc.wait(timeout=0.5)
+        if code is None:
+            proc.kill()
+            code = proc.wait()
+        how = f"signal {-code}" if code < 0 else f"status {code}"
+        log.warning("the parse worker (pid %d) died (%s) with %d requests in flight (answered 503); "
+                    "it starts again at the next request", proc.pid, how, len(waiting))
+        self._on_death()
+
+    def detach(self) -> None:
+        """On the event loop, when it takes no more requests: close the pipes' transports (what is still
+        in flight fails with WorkerGone); the process runs on until ``kill``."""
+        self._detaching = True
+        for t in (self._writer, self._reader):
+            if t is not None:
+                t.close()
+
+    def kill(self) -> None:
+        """Stop the process (the agent is stopping; from any thread: the pipes are left to the loop's
+        transports, which see the end of input and fail what is still in flight)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if self._writer is None:  # the loop never took the pipes
+            for f in (proc.stdin, proc.stdout):
+                with contextlib.suppress(OSError):
+                    if f is not None:
+                        f.close()
+
+
+class _Quiet(asyncio.BaseProtocol):
+    """The write side: its loss is the read side's news."""
+
+
+class _Answers(asyncio.Protocol):
+    def __init__(self, worker: _Worker) -> None:
+        self._worker = worker
+
+    def data_received(self, data: bytes) -> None:
+        self._worker._received(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._worker._lost()
+
+
+class ParseWorkers:
+    """``count`` worker processes; requests go to the one with the fewest in flight, and at most
+    ``max_bytes`` of bodies wait for them (WorkersBusy beyond)."""
+
+    def __init__(self, count: int, setup: Setup, on_death: Callable[[], None], max_bytes: int) -> None:
+        text = json.dumps({"schema": setup.schema, "schema_id": setup.schema_id, "consts": setup.consts}).encode()
+        self._workers = [_Worker(text, on_death) for _ in range(count)]
+        self._max_bytes = max_bytes
+        self._bytes = 0
+
+    def start(self) -> None:
+        """Start every worker and wait until each can take bodies (HdrlogError if one cannot)."""
+        try:
+            for w in self._workers:
+                w.spawn()
+            for w in self._workers:
+                w.wait_ready(START_TIMEOUT_S)
+        except BaseException:
+            self.close()
+            raise
+        log.info("%d parse worker(s) take the ingest's bodies (pids %s)", len(self._workers),
+                 ", ".join(str(w.pid) for w in self._workers))
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.pid for w in self._workers if w.pid is not None]
+
+    async def take(self, body: bytes, content_type: str, shape: Shape, received_ns: int) -> Taken:
+        if self._bytes and self._bytes + len(body) > self._max_bytes:
+            raise WorkersBusy("too many request bodies are waiting to be parsed; retry later")
+        worker = min(self._workers, key=lambda w: w.in_flight)
+        self._bytes += len(body)
+        try:
+            return await worker.take(body, content_type, shape, received_ns)
+        finally:
+            self._bytes -= len(body)
+
+    async def detach(self) -> None:
+        """Let go of the workers' pipes, on the event loop, once the server takes no more requests."""
+        for w in self._workers:
+            w.detach()
+        await asyncio.sleep(0)  # the transports close in the loop's next round
+
+    def close(self) -> None:
+        """Stop every worker (from any thread, after ``detach``)."""
+        for w in self._workers:
+            w.kill()
+
+
+Parser = InlineParser | ParseWorkers
+
+
+# -- the worker's side --------------------------------------------------------------------
+
+
+def _read_exactly(src: BinaryIO, n: int) -> bytes | None:
+    """``n`` bytes, or None at the end of input (the agent closed the pipe or died)."""
+    data = src.read(n)
+    if len(data) < n:
+        return None
+    return data
+
+
+def _drop_privileges() -> None:
+    """No capability, no way to gain one; as root, become nobody; die with the agent."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig, pr_set_no_new_privs = 1, 38
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the agent died before the line above
+        os._exit(0)
+    if os.getuid() == 0:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)  # leaving uid 0 clears the permitted and effective capabilities
+    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    linux_capability_version_3 = 0x20080522
+    none = (Data * 2)()
+    if libc.capset(ctypes.byref(Header(linux_capability_version_3, 0)), none) != 0:
+        raise OSError(ctypes.get_errno(), f"capset: {os.strerror(ctypes.get_errno())}")
+
+
+def serve(src: BinaryIO, dst: BinaryIO) -> None:
+    """The worker's loop: setup, READY, then a body in, an answer out, until the input ends."""
+    head = _read_exactly(src, SETUP.size)
+    if head is None:
+        return
+    text = _read_exactly(src, SETUP.unpack(head)[0])
+    if text is None:
+        return
+    raw = json.loads(text)
+    encoder = Setup(raw["schema"], raw["schema_id"], raw["consts"]).encoder()
+    values = Values()
+    take_body(WARM_UP, "application/json", Shape.GENERIC, 0, Values(), encoder)
+    _drop_privileges()
+    dst.write(ANSWER.pack(0, READY, 0, 0))
+    dst.flush()
+    while (head := _read_exactly(src, REQUEST.size)) is not None:
+        rid, received_ns, flags, length = REQUEST.unpack(head)
+        body = _read_exactly(src, length)
+        if body is None:
+            return
+        events, kind = 0, PARTS
+        try:
+            taken = take_body(body, "application/x-ndjson" if flags & NDJSON else "", Shape(flags & ~NDJSON),
+                              received_ns, values, encoder)
+            if isinstance(taken, Parts):
+                events, out = taken.count, taken.cuts + taken.blob
+            else:
+                kind, out = ERRORS, orjson.dumps({"items": taken.items, "errors": taken.errors})
+        except BodyError as exc:
+            kind, out = BODY, str(exc).encode()
+        except Exception as exc:  # noqa: BLE001 - a bug: the agent answers 500 and logs it; the worker goes on
+            log.exception("parsing a body failed")
+            kind, out = FAILED, f"{type(exc).__name__}: {exc}".encode()
+        dst.write(ANSWER.pack(rid, kind, events, len(out)))
+        dst.write(out)
+        dst.flush()
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when its workers stop (its input ends)
+    logging.basicConfig(level=logging.WARNING, format="hdrlog parse worker: %(levelname)s %(message)s")
+    out = os.fdopen(os.dup(1), "wb")  # the answers; anything printed by mistake goes to stderr instead
+    os.dup2(2, 1)
+    try:
+        serve(sys.stdin.buffer, out)
+    except BrokenPipeError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+
+
+if __name__ == "__main__":
+    main()
