@@ -20,6 +20,7 @@ runs the outage run briefly with the same wrk script.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -156,8 +157,31 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def worker_pids(agent_pid: int) -> list[int]:
+    """The agent's parse workers (ingest/workers.py)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (entry.name.isdigit()
+                    and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == agent_pid
+                    and b"producer.ingest.workers" in (entry / "cmdline").read_bytes()):
+                out.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+    return out
+
+
+def workers_cpu_s(agent_pid: int) -> float:
+    """CPU seconds of the agent's parse workers so far."""
+    total = 0.0
+    for pid in worker_pids(agent_pid):
+        with contextlib.suppress(OSError):
+            total += cpu_s(pid)
+    return total
+
+
 class RssSampler:
-    """The RSS of a process every half second, on a thread, until ``stop``."""
+    """The RSS of the agent and its parse workers, summed, every half second, on a thread, until ``stop``."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -169,9 +193,13 @@ class RssSampler:
     def _sample(self) -> None:
         while not self._stop.wait(0.5):
             try:
-                self.kib.append(rss_kib(self.pid))
+                kib = rss_kib(self.pid)
             except OSError:
                 return
+            for pid in worker_pids(self.pid):
+                with contextlib.suppress(OSError, HdrlogError):
+                    kib += rss_kib(pid)
+            self.kib.append(kib)
 
     def stop(self) -> tuple[float, float]:
         """(min, max) MiB after the first fifth (warm-up)."""
@@ -229,6 +257,7 @@ class IngestRow:
     p50_ms: float
     p99_ms: float
     agent_cpu_s: float
+    workers_cpu_s: float
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -277,14 +306,15 @@ class IngestAgent:
 def _run(agent: IngestAgent, name: str, script: Path, *, events: int, connections: int, seconds: float,
          pace_ms: int = 0, during: Callable[[], dict[str, Any]] | None = None) -> IngestRow:
     before = agent.status()["ingest"]["counters"]["accepted"]
-    cpu0 = cpu_s(agent.proc.pid)
+    cpu0, wcpu0 = cpu_s(agent.proc.pid), workers_cpu_s(agent.proc.pid)
     wrk = start_wrk(agent.url, script, seconds=seconds, connections=connections, pace_ms=pace_ms, events=events)
     extra = during() if during is not None else {}
     seen = wrk.result(timeout=seconds + 300)
     accepted = agent.status()["ingest"]["counters"]["accepted"] - before
     row = IngestRow(name, events, connections, float(seen["seconds"]), int(seen["requests"]), accepted,
                     dict(seen["statuses"]), float(seen["p50_ms"]), float(seen["p99_ms"]),
-                    cpu_s(agent.proc.pid) - cpu0, {**extra, "run": wrk.run, "wrk_errors": seen["errors"]})
+                    cpu_s(agent.proc.pid) - cpu0, workers_cpu_s(agent.proc.pid) - wcpu0,
+                    {**extra, "run": wrk.run, "wrk_errors": seen["errors"]})
     return row
 
 
@@ -308,7 +338,8 @@ def run_ingest_bench(*, out_dir: Path, say: Callable[[str], None], update: Path 
                 row = _run(agent, name, script, events=events, connections=conns, seconds=RUN_SECONDS)
                 rows.append(row)
                 say(f"  {name:<7} {row.requests_per_s:>9,.0f} requests/s  {row.events_per_s:>9,.0f} events/s  "
-                    f"p50 {row.p50_ms:.1f} ms  p99 {row.p99_ms:.1f} ms  agent CPU {row.agent_cpu_s / row.seconds:.2f}")
+                    f"p50 {row.p50_ms:.1f} ms  p99 {row.p99_ms:.1f} ms  agent CPU {row.agent_cpu_s / row.seconds:.2f}"
+                    f" (+ parse workers {row.workers_cpu_s / row.seconds:.2f})")
         finally:
             first = agent.stop()
         messages = log_messages(stack.bootstrap_servers, stack.registry_url, agent.logs_topic)
@@ -362,14 +393,15 @@ def run_ingest_bench(*, out_dir: Path, say: Callable[[str], None], update: Path 
 
 
 def markdown(rows: list[IngestRow]) -> str:
-    lines = ["| run | events/request | connections | requests/s | events/s | p50 ms | p99 ms | agent CPU | answers "
-             "(wrk) | accepted events (agent) | the run's events in Kafka |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    lines = ["| run | events/request | connections | requests/s | events/s | p50 ms | p99 ms | agent CPU | parse "
+             "workers' CPU | answers (wrk) | accepted events (agent) | the run's events in Kafka |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         answers = ", ".join(f"{k} {v:,}" for k, v in sorted(r.statuses.items()))
         lines.append(f"| {r.name} | {r.events_per_request} | {r.connections} | {r.requests_per_s:,.0f} | "
                      f"{r.events_per_s:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | "
-                     f"{r.agent_cpu_s / r.seconds:.2f} | {answers} | {r.accepted_events:,} | "
+                     f"{r.agent_cpu_s / r.seconds:.2f} | {r.workers_cpu_s / r.seconds:.2f} | {answers} | "
+                     f"{r.accepted_events:,} | "
                      f"{r.extra.get('unique_in_kafka', 0):,} |")
     flat = [r for r in rows if r.name != "outage"]
     if flat:
@@ -385,7 +417,8 @@ def markdown(rows: list[IngestRow]) -> str:
                   f"broker SIGSTOPped from {OUTAGE_FROM_S:g} s for {OUTAGE_FOR_S:g} s; the disk buffer capped at "
                   f"{BUFFER_BYTES >> 20} MiB so that the outage fills it. Unique events of the run in Kafka "
                   f"afterwards: {e.get('unique_in_kafka', 0):,} (repeats {e.get('duplicates_in_kafka', 0):,}); the "
-                  f"agent accepted {e.get('accepted_total', 0):,}. The agent's RSS after warm-up: "
+                  f"agent accepted {e.get('accepted_total', 0):,}. The RSS of the agent and its parse worker "
+                  f"after warm-up: "
                   f"{e['rss_mib'][0]:.0f}-{e['rss_mib'][1]:.0f} MiB. Header records delivered meanwhile: "
                   f"{e.get('header_records_delivered', 0):,} (ring buffer losses {e.get('kernel_ringbuf_lost', 0):,})."]
     return "\n".join(lines) + "\n"

@@ -5,7 +5,7 @@
 Parsing JSON and building rows holds the interpreter lock: in the agent's own
 process it took half the lock's time at 100,000 events a second and bounded
 the ingest (BENCHMARKS.md).  ``ParseWorkers`` runs ``ingest.parse_workers``
-processes (``python -m producer.ingest.workers``) that each take a body and
+processes (``python -P -m producer.ingest.workers``) that each take a body and
 answer with the events encoded but for their sequence (``Parts``; the stage
 splices the sequence in when it commits), or with why not.  The agent's side
 costs a pipe write and read a request.
@@ -68,6 +68,8 @@ RESPAWN_S = 1.0
 #: how long a worker may take to start (imports, warm-up)
 START_TIMEOUT_S = 60.0
 NOBODY = 65534
+#: the only environment variables a worker gets (the agent's may hold secrets)
+PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "PYTHONPATH", "PYTHONHASHSEED", "TZ")
 #: a body the worker parses once before it drops its privileges, so every lazy import is done
 WARM_UP = (b'[{"message":"warm-up","timestamp":"2026-11-30T08:00:00.1Z","level":"INFO","details":'
            b'{"src_ip":"10.0.0.1","dst_ip":"::1","src_port":1,"port":2,"protocol":"tcp","k":1.5}}]')
@@ -139,18 +141,18 @@ class _Worker:
         self._waiting: dict[int, asyncio.Future[Taken]] = {}
         self._buf = bytearray()
         self._next_id = 0
-        self._ready = False
         self._died_at = 0.0
         self._detaching = False
 
     def spawn(self) -> None:
         """Start the process and send its setup (it answers READY once it can take bodies)."""
-        self._proc = subprocess.Popen([sys.executable, "-m", "producer.ingest.workers"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, close_fds=True)
+        env = {k: v for k, v in os.environ.items() if k in PASSED_ENV}  # no secret of the agent's
+        # -P: the working directory is not on the worker's import path (it may be anyone's)
+        self._proc = subprocess.Popen([sys.executable, "-P", "-m", "producer.ingest.workers"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, close_fds=True, env=env)
         assert self._proc.stdin is not None
         self._proc.stdin.write(SETUP.pack(len(self._setup)) + self._setup)
         self._proc.stdin.flush()
-        self._ready = False
         self._buf.clear()
 
     def wait_ready(self, timeout: float) -> None:
@@ -170,7 +172,6 @@ class _Worker:
         if ANSWER.unpack(head)[1] != READY:
             self.kill()
             raise HdrlogError("the parse worker answered its setup with something other than READY")
-        self._ready = True
 
     @property
     def pid(self) -> int | None:
@@ -193,7 +194,12 @@ class _Worker:
                     raise WorkerGone("the parse worker died and is not yet started again")
                 self.spawn()
             self._link = asyncio.ensure_future(self._connect())
-        await self._link
+        try:
+            await self._link
+        except OSError as exc:  # the pipes could not be taken: start afresh at the next request
+            self._link = None
+            self.kill()
+            raise WorkerGone(f"the parse worker's pipes failed: {exc}") from exc
         if self._writer is None:
             raise WorkerGone("the parse worker died before it took the request")
         rid = self._next_id
@@ -217,7 +223,6 @@ class _Worker:
             payload = bytes(buf[at + ANSWER.size:end])
             at = end
             if kind == READY:
-                self._ready = True
                 continue
             fut = self._waiting.pop(rid, None)
             if fut is None or fut.done():
@@ -376,9 +381,12 @@ def _drop_privileges() -> None:
     if os.getppid() == 1:  # the agent died before the line above
         os._exit(0)
     if os.getuid() == 0:
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)  # leaving uid 0 clears the permitted and effective capabilities
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)  # leaving uid 0 clears the permitted and effective capabilities
+        except PermissionError:  # uid 0 without CAP_SETUID (as under SecureBits=noroot): capset below
+            log.warning("keeps uid 0 (no CAP_SETUID to leave it) but holds no capability")
     if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
 
