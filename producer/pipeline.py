@@ -122,11 +122,6 @@ def _ingest(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Id
     schema = AvroSchema.load("LogEvent")
     consts = {"host_id": identity.host_id, "agent_instance": identity.instance_id}
     encoder = RowEncoder(schema, schema_id, consts)
-    parser: Parser = InlineParser(encoder)
-    if i.parse_workers:
-        parser = ParseWorkers(i.parse_workers, Setup(schema.raw, schema_id, consts),
-                              lambda: telemetry.ingest(IngestStat.PARSE_WORKER_RESTARTS), i.max_queue_bytes)
-        parser.start()
     keys = IdempotencyKeys(i.idempotency_ttl_s, i.idempotency_max_keys)
     if isinstance(buffer.store, DiskStore):
         keys.restore(buffer.store.recent_keys())
@@ -138,6 +133,11 @@ def _ingest(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Id
                         wait_for_kafka=buffer.kind != "disk",
                         kafka_down=lambda: telemetry.outage_since is not None or kafka.holding,
                         detached=detached, cancel=cancel, reply=reply)
+    parser: Parser = InlineParser(encoder)
+    if i.parse_workers:  # last: nothing after it may fail, or its processes would outlive the agent's start
+        parser = ParseWorkers(i.parse_workers, Setup(schema.raw, schema_id, consts),
+                              lambda: telemetry.ingest(IngestStat.PARSE_WORKER_RESTARTS), i.max_queue_bytes)
+        parser.start()
     return stage, parser
 
 

@@ -136,3 +136,22 @@ def test_a_dead_worker_fails_its_requests_and_is_started_again(pool: Any, monkey
     monkeypatch.setattr(workers, "RESPAWN_S", 0.0)
     assert loop.run_until_complete(p.take(body, "", Shape.GENERIC, NOW)).count == 1
     assert len(p.pids) == 1 and p.pids != [pid] and deaths == [1]
+
+
+def test_a_stuck_worker_is_killed_and_its_requests_fail(pool: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that holds a request past PARSE_TIMEOUT_S (here: any request, the deadline being 0) is
+    killed at the server's next check; the request fails with WorkerGone and the death is counted."""
+    p, loop, deaths = pool
+    assert loop.run_until_complete(p.take(orjson.dumps({"message": "m"}), "", Shape.GENERIC, NOW)).count == 1
+    [pid] = p.pids
+    os.kill(pid, signal.SIGSTOP)
+    monkeypatch.setattr(workers, "PARSE_TIMEOUT_S", 0.0)
+
+    async def held_then_checked() -> Any:
+        task = asyncio.ensure_future(p.take(orjson.dumps({"message": "m"}), "", Shape.GENERIC, NOW))
+        await asyncio.sleep(0)  # written to the stopped worker
+        p.check()
+        return (await asyncio.gather(task, return_exceptions=True))[0]
+
+    gone = loop.run_until_complete(held_then_checked())
+    assert isinstance(gone, WorkerGone) and deaths == [1] and p.pids == []

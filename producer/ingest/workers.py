@@ -13,7 +13,8 @@ costs a pipe write and read a request.
 A worker parses what an attacker may send, so it keeps nothing it does not
 need: once started it drops every capability and, started as root, becomes
 ``nobody``; it sets no-new-privileges and dies with the agent
-(PR_SET_PDEATHSIG).  A worker that dies fails its requests in flight with
+(PR_SET_PDEATHSIG).  A worker that dies, or holds a request for
+``PARSE_TIMEOUT_S`` (it is then killed), fails its requests in flight with
 ``WorkerGone`` (the server answers 503 with Retry-After, so a body that kills
 the parser costs one worker, not the agent), is counted
 (``parse_worker_restarts``) and logged, and is started again at the next
@@ -40,6 +41,7 @@ import errno
 import json
 import logging
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -65,6 +67,8 @@ NDJSON = 0x80  # flags: the body is NDJSON; the low bits are the Shape
 PARTS, ERRORS, BODY, FAILED, READY = range(5)
 #: a dead worker is started again at most once in this many seconds (503 until then)
 RESPAWN_S = 1.0
+#: a worker that has not answered a request for this long is killed (and started again)
+PARSE_TIMEOUT_S = 10.0
 #: how long a worker may take to start (imports, warm-up)
 START_TIMEOUT_S = 60.0
 NOBODY = 65534
@@ -118,6 +122,9 @@ class InlineParser:
     async def take(self, body: bytes, content_type: str, shape: Shape, received_ns: int) -> Taken:
         return take_body(body, content_type, shape, received_ns, self._values, self._encoder)
 
+    def check(self) -> None:
+        pass
+
     async def detach(self) -> None:
         pass
 
@@ -129,7 +136,8 @@ class InlineParser:
 
 
 class _Worker:
-    """One worker process and its requests in flight; used on the server's event loop only."""
+    """One worker process and its requests in flight; used on the server's event loop only (but
+    ``kill``)."""
 
     def __init__(self, setup: bytes, on_death: Callable[[], None]) -> None:
         self._setup = setup
@@ -138,21 +146,27 @@ class _Worker:
         self._link: asyncio.Future[None] | None = None  # the event loop taking the pipes
         self._writer: asyncio.WriteTransport | None = None
         self._reader: asyncio.ReadTransport | None = None
-        self._waiting: dict[int, asyncio.Future[Taken]] = {}
+        self._waiting: dict[int, tuple[asyncio.Future[Taken], float]] = {}  # id -> (answer, sent at), in order
         self._buf = bytearray()
         self._next_id = 0
-        self._died_at = 0.0
+        self._died_at = -RESPAWN_S
         self._detaching = False
 
     def spawn(self) -> None:
         """Start the process and send its setup (it answers READY once it can take bodies)."""
         env = {k: v for k, v in os.environ.items() if k in PASSED_ENV}  # no secret of the agent's
         # -P: the working directory is not on the worker's import path (it may be anyone's)
-        self._proc = subprocess.Popen([sys.executable, "-P", "-m", "producer.ingest.workers"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, close_fds=True, env=env)
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(SETUP.pack(len(self._setup)) + self._setup)
-        self._proc.stdin.flush()
+        proc = subprocess.Popen([sys.executable, "-P", "-m", "producer.ingest.workers"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, close_fds=True, env=env)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(SETUP.pack(len(self._setup)) + self._setup)
+            proc.stdin.flush()
+        except OSError:
+            proc.kill()
+            proc.wait()
+            raise
+        self._proc = proc
         self._buf.clear()
 
     def wait_ready(self, timeout: float) -> None:
@@ -161,12 +175,14 @@ class _Worker:
         deadline = time.monotonic() + timeout
         head = b""
         while len(head) < ANSWER.size:
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._proc.stdout], [], [], left)[0]:
                 self.kill()
                 raise HdrlogError(f"the parse worker did not start within {timeout:g} s")
             chunk = self._proc.stdout.read1(ANSWER.size - len(head))  # type: ignore[attr-defined]
             if not chunk:
                 code = self._proc.wait()
+                self._proc = None
                 raise HdrlogError(f"the parse worker exited at start (status {code}; its error is above)")
             head += chunk
         if ANSWER.unpack(head)[1] != READY:
@@ -181,31 +197,57 @@ class _Worker:
     def in_flight(self) -> int:
         return len(self._waiting)
 
+    @property
+    def resting(self) -> bool:
+        """Dead, and too recently to be started again."""
+        return self._proc is None and time.monotonic() - self._died_at < RESPAWN_S
+
     async def _connect(self) -> None:
-        assert self._proc is not None and self._proc.stdin is not None and self._proc.stdout is not None
+        """Hand the pipes to the event loop: duplicates it owns (uvloop closes a pipe's descriptor and
+        then the file object given to it, the same number twice: MagicStack/uvloop#763)."""
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
         loop = asyncio.get_running_loop()
-        self._writer, _ = await loop.connect_write_pipe(_Quiet, self._proc.stdin)
-        self._reader, _ = await loop.connect_read_pipe(lambda: _Answers(self), self._proc.stdout)
+        w, r = os.dup(proc.stdin.fileno()), os.dup(proc.stdout.fileno())
+        proc.stdin.close()
+        proc.stdout.close()
+        try:
+            self._writer, _ = await loop.connect_write_pipe(_Quiet, open(w, "wb", buffering=0, closefd=False))  # noqa: SIM115
+        except BaseException:
+            os.close(w)
+            os.close(r)
+            raise
+        try:
+            self._reader, _ = await loop.connect_read_pipe(lambda: _Answers(self),
+                                                           open(r, "rb", buffering=0, closefd=False))  # noqa: SIM115
+        except BaseException:
+            os.close(r)
+            raise
 
     async def take(self, body: bytes, content_type: str, shape: Shape, received_ns: int) -> Taken:
         if self._link is None:  # the first request since the start (or a death): once, for all of them
             if self._proc is None:
-                if time.monotonic() - self._died_at < RESPAWN_S:
+                if self.resting:
                     raise WorkerGone("the parse worker died and is not yet started again")
-                self.spawn()
+                try:
+                    self.spawn()
+                except OSError as exc:
+                    self._died_at = time.monotonic()
+                    raise WorkerGone(f"the parse worker could not be started: {exc}") from exc
             self._link = asyncio.ensure_future(self._connect())
+        link = self._link
         try:
-            await self._link
-        except OSError as exc:  # the pipes could not be taken: start afresh at the next request
-            self._link = None
-            self.kill()
+            await link
+        except OSError as exc:  # the pipes could not be taken: start afresh (once, by the first to see it)
+            if self._link is link:
+                self._lost()
             raise WorkerGone(f"the parse worker's pipes failed: {exc}") from exc
         if self._writer is None:
             raise WorkerGone("the parse worker died before it took the request")
         rid = self._next_id
         self._next_id += 1
         fut: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = fut
+        self._waiting[rid] = (fut, time.monotonic())
         flags = shape.value | (NDJSON if "ndjson" in content_type else 0)
         self._writer.write(REQUEST.pack(rid, received_ns, flags, len(body)))
         self._writer.write(body)
@@ -224,22 +266,20 @@ class _Worker:
             at = end
             if kind == READY:
                 continue
-            fut = self._waiting.pop(rid, None)
+            fut, _sent = self._waiting.pop(rid, (None, 0.0))
             if fut is None or fut.done():
                 continue
-            if kind == PARTS:
-                fut.set_result(Parts(payload[events * 16:], payload[:events * 16]))
-            elif kind == ERRORS:
-                listed = orjson.loads(payload)
-                fut.set_result(Parsed([], [(i, r) for i, r in listed["errors"]], listed["items"]))
-            elif kind == BODY:
-                fut.set_exception(BodyError(payload.decode()))
-            else:
-                fut.set_exception(SerializationError(payload.decode()))
+            try:
+                fut.set_result(_answer(kind, events, payload))
+            except (BodyError, SerializationError) as exc:
+                fut.set_exception(exc)
+            except Exception as exc:  # noqa: BLE001 - a frame the agent cannot read: that request fails
+                fut.set_exception(SerializationError(f"the parse worker's answer is unreadable: {exc}"))
         del buf[:at]
 
     def _lost(self) -> None:
-        """The pipe closed: the worker died (or is stopping); its requests fail with WorkerGone."""
+        """The pipe closed (the worker died or is stopping) or could not be taken: what is in flight
+        fails with WorkerGone; a death is logged and counted."""
         proc, self._proc = self._proc, None
         for t in (self._writer, self._reader):
             if t is not None:
@@ -247,7 +287,7 @@ class _Worker:
         self._writer = self._reader = None
         self._link = None
         waiting, self._waiting = self._waiting, {}
-        for fut in waiting.values():
+        for fut, _sent in waiting.values():
             if not fut.done():
                 fut.set_exception(WorkerGone("the parse worker died with the request"))
         if proc is None or self._detaching:
@@ -256,7 +296,7 @@ class _Worker:
         self._died_at = time.monotonic()
         code = None
         with contextlib.suppress(subprocess.TimeoutExpired):
-            code = proc.wait(timeout=0.5)
+            code = proc.wait(timeout=0.5)  # the pipe closes as it exits: this is at once
         if code is None:
             proc.kill()
             code = proc.wait()
@@ -264,6 +304,17 @@ class _Worker:
         log.warning("the parse worker (pid %d) died (%s) with %d requests in flight (answered 503); "
                     "it starts again at the next request", proc.pid, how, len(waiting))
         self._on_death()
+
+    def check(self, now: float) -> None:
+        """On the event loop: a worker that has held a request for PARSE_TIMEOUT_S is stuck (a body no
+        parse should take that long, or a stopped process): it is killed, and its requests fail."""
+        if not self._waiting or self._proc is None:
+            return
+        _fut, sent = next(iter(self._waiting.values()))  # answers come in order: the first is the oldest
+        if now - sent > PARSE_TIMEOUT_S:
+            log.warning("the parse worker (pid %d) has not answered a request for %.0f s: killing it",
+                        self._proc.pid, now - sent)
+            self._proc.kill()  # its pipe closes: _lost answers and counts
 
     def detach(self) -> None:
         """On the event loop, when it takes no more requests: close the pipes' transports (what is still
@@ -274,8 +325,8 @@ class _Worker:
                 t.close()
 
     def kill(self) -> None:
-        """Stop the process (the agent is stopping; from any thread: the pipes are left to the loop's
-        transports, which see the end of input and fail what is still in flight)."""
+        """Stop the process (the agent is stopping; from any thread: the pipes, once the loop has them,
+        are left to its transports, which see the end of input)."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -285,11 +336,26 @@ class _Worker:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if self._writer is None:  # the loop never took the pipes
-            for f in (proc.stdin, proc.stdout):
-                with contextlib.suppress(OSError):
-                    if f is not None:
-                        f.close()
+        for f in (proc.stdin, proc.stdout):  # closed already if the loop took them
+            with contextlib.suppress(OSError):
+                if f is not None:
+                    f.close()
+
+
+def _answer(kind: int, events: int, payload: bytes) -> Taken:
+    """A worker's answer, or the exception it stands for (ValueError if it is malformed)."""
+    if kind == PARTS:
+        if not 0 <= events * 16 <= len(payload):
+            raise ValueError(f"{events} events do not fit {len(payload)} bytes")
+        return Parts(payload[events * 16:], payload[:events * 16])
+    if kind == ERRORS:
+        listed = orjson.loads(payload)
+        return Parsed([], [(int(i), str(r)) for i, r in listed["errors"]], int(listed["items"]))
+    if kind == BODY:
+        raise BodyError(payload.decode())
+    if kind == FAILED:
+        raise SerializationError(payload.decode())
+    raise ValueError(f"unknown answer kind {kind}")
 
 
 class _Quiet(asyncio.BaseProtocol):
@@ -315,7 +381,8 @@ class ParseWorkers:
     ``max_bytes`` of bodies wait for them (WorkersBusy beyond)."""
 
     def __init__(self, count: int, setup: Setup, on_death: Callable[[], None], max_bytes: int) -> None:
-        text = json.dumps({"schema": setup.schema, "schema_id": setup.schema_id, "consts": setup.consts}).encode()
+        text = json.dumps({"schema": setup.schema, "schema_id": setup.schema_id, "consts": setup.consts,
+                           "agent_pid": os.getpid()}).encode()
         self._workers = [_Worker(text, on_death) for _ in range(count)]
         self._max_bytes = max_bytes
         self._bytes = 0
@@ -340,12 +407,20 @@ class ParseWorkers:
     async def take(self, body: bytes, content_type: str, shape: Shape, received_ns: int) -> Taken:
         if self._bytes and self._bytes + len(body) > self._max_bytes:
             raise WorkersBusy("too many request bodies are waiting to be parsed; retry later")
-        worker = min(self._workers, key=lambda w: w.in_flight)
+        ready = [w for w in self._workers if not w.resting] or self._workers  # a dead one says so
+        worker = min(ready, key=lambda w: w.in_flight)
         self._bytes += len(body)
         try:
             return await worker.take(body, content_type, shape, received_ns)
         finally:
             self._bytes -= len(body)
+
+    def check(self) -> None:
+        """Kill the workers that are stuck (``_Worker.check``); the server calls it every few tenths of a
+        second, on the event loop."""
+        now = time.monotonic()
+        for w in self._workers:
+            w.check(now)
 
     async def detach(self) -> None:
         """Let go of the workers' pipes, on the event loop, once the server takes no more requests."""
@@ -373,20 +448,22 @@ def _read_exactly(src: BinaryIO, n: int) -> bytes | None:
     return data
 
 
-def _drop_privileges() -> None:
-    """No capability, no way to gain one; as root, become nobody; die with the agent."""
+def _drop_privileges(agent_pid: int) -> None:
+    """As root, become nobody; no capability, no way to gain one; die with the agent (``agent_pid``)."""
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig, pr_set_no_new_privs = 1, 38
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:  # the agent died before the line above
-        os._exit(0)
     if os.getuid() == 0:
         try:
             os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)  # leaving uid 0 clears the permitted and effective capabilities
-        except PermissionError:  # uid 0 without CAP_SETUID (as under SecureBits=noroot): capset below
-            log.warning("keeps uid 0 (no CAP_SETUID to leave it) but holds no capability")
+        except OSError as exc:  # no CAP_SETUID/CAP_SETGID (a container's), or nobody unmapped: capset below
+            log.warning("keeps uid 0 (%s) but holds no capability", exc.strerror or exc)
+    # after the uid change, which clears the death signal
+    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != agent_pid:  # the agent died before the line above
+        os._exit(0)
     if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
 
@@ -414,8 +491,9 @@ def serve(src: BinaryIO, dst: BinaryIO) -> None:
     raw = json.loads(text)
     encoder = Setup(raw["schema"], raw["schema_id"], raw["consts"]).encoder()
     values = Values()
-    take_body(WARM_UP, "application/json", Shape.GENERIC, 0, Values(), encoder)
-    _drop_privileges()
+    for shape in Shape:  # every lazy import done while the files are still readable
+        take_body(WARM_UP, "application/json", shape, 0, Values(), encoder)
+    _drop_privileges(raw["agent_pid"])
     dst.write(ANSWER.pack(0, READY, 0, 0))
     dst.flush()
     while (head := _read_exactly(src, REQUEST.size)) is not None:

@@ -261,12 +261,15 @@ class TelemetryServer:
             self._late.discard(task)
 
     def _sweep(self) -> None:
-        """Every SWEEP_S, on the loop: cancel the body reads that are past their deadline."""
+        """Every SWEEP_S, on the loop: cancel the body reads that are past their deadline; have the parse
+        workers checked."""
         now = time.monotonic()
         for task, deadline in list(self._reads.items()):
             if deadline <= now and task not in self._late:
                 self._late.add(task)
                 task.cancel()
+        if self._ingest is not None:
+            self._ingest.parser.check()  # a stuck parse worker is killed
         self._loop.call_later(SWEEP_S, self._sweep)
 
     def _refused(self, proto: Any, reason: Refusal, text: str) -> None:
