@@ -195,6 +195,13 @@ def _stack_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--connect", action="store_true",
                    help="also run a Kafka Connect worker (standalone, REST on 127.0.0.1:8083, "
                    "HDRLOG_STACK_CONNECT_PORT) with FileStream connectors and Apicurio's Avro converter")
+    secure = p.add_mutually_exclusive_group()
+    secure.add_argument("--secure", action="store_true", default=None,
+                        help="also give Kafka a SASL_SSL listener on 127.0.0.1:9094 (HDRLOG_STACK_SECURE_PORT): "
+                        "SCRAM-SHA-512 and PLAIN over TLS, a client certificate optional; a CA, certificates "
+                        "and users are generated once under the stack directory's secure/. Kept until --no-secure")
+    secure.add_argument("--no-secure", dest="secure", action="store_false",
+                        help="drop the SASL_SSL listener (Kafka restarts without it at its next start)")
 
 
 def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -356,10 +363,10 @@ def cmd_consume(args: argparse.Namespace) -> int:
         http=HttpOptions(user=args.sink_user, password_file=args.sink_password_file,
                          token_file=args.sink_token_file, ca_file=args.sink_ca, retry_s=args.sink_retry),
         kafka={"bootstrap.servers": cfg.kafka.bootstrap_servers, "client.id": client_id,
-               **cfg.kafka.properties}))
+               **cfg.kafka.client_properties()}))
     opts = ConsumeOptions(
         bootstrap_servers=cfg.kafka.bootstrap_servers, schema_registry=cfg.registry.url,
-        kafka=cfg.kafka.properties, registry=cfg.registry.properties, topic=cfg.kafka.topic,
+        kafka=cfg.kafka.client_properties(), registry=cfg.registry.properties, topic=cfg.kafka.topic,
         group=args.group or (f"hdrlog-console-{uuid.uuid4().hex[:8]}" if args.format == "text"
                              else f"hdrlog-consume-{args.format}"), from_beginning=args.from_beginning,
         max_records=args.max_records, idle_timeout_s=args.idle_timeout, commit_interval_s=interval,
@@ -447,7 +454,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
     from producer.devstack import StackSettings, run_stack_command
 
     return run_stack_command(args.action, StackSettings.from_env(), with_opensearch=args.opensearch,
-                             with_connect=args.connect)
+                             with_connect=args.connect, secure=args.secure)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

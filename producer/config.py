@@ -245,8 +245,13 @@ class KafkaConfig:
         env="HDRLOG_RETRY_BACKOFF"))
     properties: Mapping[str, str] = field(default_factory=dict, metadata=_m(
         "`[kafka.properties]`: librdkafka properties passed through (TLS, SASL, `message.timeout.ms`, ...)"))
+    sasl_password_file: str = field(default="", metadata=_m(
+        "a file holding the SASL password (`sasl.password`; keeps it out of the config file)",
+        env="HDRLOG_KAFKA_SASL_PASSWORD_FILE", metavar="FILE"))
 
     def __post_init__(self) -> None:
+        if self.sasl_password_file and "sasl.password" in self.properties:
+            raise _bad("kafka.sasl_password_file", "set it or kafka.properties sasl.password, not both")
         if not self.topic:
             raise _bad("kafka.topic", "must not be empty")
         if not self.bootstrap_servers:
@@ -255,6 +260,14 @@ class KafkaConfig:
         _at_least("kafka", self, one=("partitions",), zero=("connect_timeout_s", "flush_timeout_s"))
         if self.retry_backoff_s <= 0:
             raise _bad("kafka.retry_backoff_s", "must be positive")
+
+    def client_properties(self) -> dict[str, str]:
+        """``properties`` with the SASL password of ``sasl_password_file`` (ConfigError if unreadable)."""
+        props = dict(self.properties)
+        if self.sasl_password_file:
+            props["sasl.password"] = _secret_file("kafka.sasl_password_file", self.sasl_password_file,
+                                                  "SASL password file")
+        return props
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,13 +333,8 @@ class TelemetryConfig:
         """The bearer token of ``token_file`` (ConfigError if it cannot be read or is empty)."""
         if not self.token_file:
             return None
-        others_may(self.token_file, "token file")
-        try:
-            token = Path(self.token_file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise _bad("telemetry.token_file", f"cannot read {self.token_file}: "
-                       f"{getattr(exc, 'strerror', None) or exc}") from None
-        if not token or not token.isprintable() or " " in token:
+        token = _secret_file("telemetry.token_file", self.token_file, "token file")
+        if not token.isprintable() or " " in token:
             raise _bad("telemetry.token_file", f"{self.token_file} holds no usable token (one printable word)")
         return token
 
@@ -540,6 +548,19 @@ def _coerce(key: str, typ: str, value: Any, source: str) -> Any:
         shown = "***" if key.endswith("properties") else repr(value)
         raise ConfigError(f"invalid value for {where}: {shown} (expected {typ})") from None
     raise ConfigError(f"unsupported type for {where}")  # pragma: no cover
+
+
+def _secret_file(key: str, path: str, what: str) -> str:
+    """The secret ``path`` holds, stripped (warned of if others may read it; ConfigError naming ``key``
+    if it cannot be read or is empty)."""
+    others_may(path, what)
+    try:
+        secret = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _bad(key, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not secret:
+        raise _bad(key, f"{path} is empty")
+    return secret
 
 
 def others_may(path: Path | str, what: str, *, holds_secrets: bool = True) -> None:

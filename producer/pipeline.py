@@ -90,7 +90,7 @@ def _kafka(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Ide
             ids[s.name] = with_retry(lambda s=s: resolve(registry, s, r.auto_register),  # type: ignore[misc]
                                      deadline_s=k.connect_timeout_s, on_retry=_retrying)
     # at most a quarter of the buffer outstanding in librdkafka: the rest stays evictable and, on disk, durable
-    publisher = KafkaPublisher(k.bootstrap_servers, k.properties, buffer, telemetry,
+    publisher = KafkaPublisher(k.bootstrap_servers, k.client_properties(), buffer, telemetry,
                                DeadLetters(cfg.state_path / "dead-letter.jsonl"), retry_backoff_s=k.retry_backoff_s,
                                window_bytes=min(WINDOW_BYTES, cfg.buffer.cap_bytes // 4),
                                per_entry_reports=k.shape == "record" or bool(_ingest_topic(cfg)))

@@ -61,7 +61,7 @@ def stack() -> Iterator[Any]:
     from producer.devstack import LocalStack, StackSettings
 
     settings = StackSettings.from_env()
-    LocalStack(settings).up()
+    LocalStack(settings).up(secure=True)  # the SASL_SSL listener too (tests/test_kafka_security.py)
     bootstrap = settings.bootstrap_servers
     before = topics_named(bootstrap, "hdrlog.", _say)
     yield settings

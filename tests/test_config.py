@@ -116,6 +116,25 @@ def test_a_token_file_others_may_read_is_warned_of(tmp_path: Path, caplog: pytes
     assert caplog.records == []
 
 
+def test_the_sasl_password_comes_from_its_file_and_is_never_shown(tmp_path: Path) -> None:
+    secret = tmp_path / "kafka-password"
+    secret.write_text("pa55-word\n")
+    secret.chmod(0o600)
+    f = tmp_path / "agent.toml"
+    f.write_text('[kafka.properties]\n"sasl.username" = "hdrlog"\n')
+    cfg = load_config(f, {"HDRLOG_KAFKA_SASL_PASSWORD_FILE": str(secret)})
+    assert cfg.kafka.client_properties() == {"sasl.username": "hdrlog", "sasl.password": "pa55-word"}
+    assert "pa55-word" not in repr(cfg.masked()) and "pa55-word" not in repr(cfg)
+    f.write_text('[kafka]\nsasl_password_file = "/nowhere"\n[kafka.properties]\n"sasl.password" = "x"\n')
+    with pytest.raises(ConfigError, match="set it or kafka.properties sasl.password, not both"):
+        load_config(f, {})
+    with pytest.raises(ConfigError, match="kafka.sasl_password_file: cannot read /nowhere: No such file"):
+        load_config(None, {"HDRLOG_KAFKA_SASL_PASSWORD_FILE": "/nowhere"}).kafka.client_properties()
+    secret.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(None, {"HDRLOG_KAFKA_SASL_PASSWORD_FILE": str(secret)}).kafka.client_properties()
+
+
 def test_fuzzed_config_files_give_one_line_errors_or_a_config(tmp_path: Path) -> None:
     """Random settings of every key (wrong types, absurd sizes, odd strings, unknown keys, broken
     TOML): load_config either returns a config or raises one ConfigError of one line naming the key or

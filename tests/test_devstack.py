@@ -190,7 +190,9 @@ def test_status_reports_both_running_and_listening_on_loopback_only(stack: Stack
 
     listeners = _tcp_listeners()
     owners = {stack.kafka_port: st.kafka.pid, stack.controller_port: st.kafka.pid,
+              stack.secure_port: st.kafka.pid,  # the session's stack is up --secure (conftest)
               stack.registry_port: st.registry.pid, stack.registry_management_port: st.registry.pid}
+    assert st.secure is not None and stack.secure_bootstrap_servers in text
     for port, pid in owners.items():
         on_port = [(addr, inode) for addr, p, inode in listeners if p == port]
         assert on_port, f"nothing listens on port {port}"

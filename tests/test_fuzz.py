@@ -199,6 +199,7 @@ def test_fuzzed_frames_are_each_recorded_or_counted(quiet_veth, stack, start_age
 
 
 @pytest.mark.long
+@pytest.mark.timeout(1800)
 def test_fuzzed_frames_are_each_recorded_or_counted_long(quiet_veth, stack, start_agent, tmp_path: Path) -> None:
     result = _run(quiet_veth, stack, start_agent, tmp_path, LONG_FRAMES)
     print(f"\nfuzz: {result}")

@@ -181,6 +181,7 @@ def test_soak_with_a_broker_restart(quiet_veth, stack, start_agent, udp_sinks, t
 
 
 @pytest.mark.long
+@pytest.mark.timeout(LONG_SOAK_S + 600)
 def test_soak_with_a_broker_restart_long(quiet_veth, stack, start_agent, udp_sinks, tmp_path: Path) -> None:
     udp_sinks(6700)
     print(f"\nsoak: {_soak(quiet_veth, stack, start_agent, tmp_path, LONG_SOAK_S)}")

@@ -23,6 +23,7 @@ is either in the sink or here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,8 @@ from producer.errors import BrokerError
 STAGES = {Poison.BAD_MAGIC: "VALUE_CONVERTER", Poison.UNKNOWN_SCHEMA: "VALUE_CONVERTER",
           Poison.WRONG_SCHEMA: "VALUE_CONVERTER", Poison.DECODE_ERROR: "VALUE_CONVERTER",
           Poison.MAPPING_ERROR: "TRANSFORMATION", Poison.SINK_REJECTED: "TASK_PUT"}
+
+log = logging.getLogger(__name__)
 
 
 def dlq_topic(topic: str) -> str:
@@ -52,7 +55,7 @@ class DeadLetters:
         # zstd and a large client-side limit: a dead letter is the original message (compressed by the
         # agent's producer) plus ~0.5 KB of headers; the broker's limit applies to the compressed batch
         pconf = {**conf, "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "zstd",
-                 "message.max.bytes": 64 << 20}
+                 "message.max.bytes": 64 << 20, "logger": log}
         try:
             self._producer = Producer(pconf)
         except KafkaException as exc:

@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,6 +45,7 @@ from producer.consumer.render import Block
 from producer.consumer.sinks.base import Events, LogPart, Sink
 from producer.consumer.telemetry import ConsumerTelemetry, CStat, Poison, Progress
 from producer.errors import BrokerError, HdrlogError, PoisonMessage, RegistryError, SinkError
+from producer.publish.kafka import connect_failure
 from producer.retry import with_retry
 from producer.serialize.registry import Registry
 
@@ -186,9 +188,16 @@ class Runner:
         with_retry(registry.check_api, deadline_s=opts.retry_deadline_s, on_retry=self._retrying("registry"))
         decoder = MessageDecoder(registry)
         dlq = DeadLetters(conf, opts.topic, opts.group, opts.client_id)
+        errors: deque[KafkaError] = deque(maxlen=8)  # the latest: why a connection failed, at start
+
+        def on_error(err: KafkaError) -> None:
+            errors.append(err)
+            log.warning("kafka: %s", err.str())
+
         consumer_conf = {**conf, "group.id": opts.group, "enable.auto.commit": False,
                          "enable.auto.offset.store": False, "on_commit": self._on_commit,
-                         "auto.offset.reset": "earliest" if opts.from_beginning else "latest"}
+                         "auto.offset.reset": "earliest" if opts.from_beginning else "latest",
+                         "error_cb": on_error, "logger": log}
         try:
             consumer = Consumer(consumer_conf)
         except KafkaException as exc:
@@ -197,8 +206,9 @@ class Runner:
             try:
                 meta = consumer.list_topics(timeout=10)
             except KafkaException as exc:
-                raise BrokerError(f"cannot reach Kafka at {opts.bootstrap_servers}: "
-                                  f"{exc.args[0].str() if exc.args else exc}", retriable=True) from exc
+                consumer.poll(0)  # serve the error callbacks: they say why
+                raise connect_failure(opts.bootstrap_servers, str(conf.get("security.protocol", "plaintext")),
+                                      list(errors), exc) from exc
             found = meta.topics.get(opts.topic)
             if dlq.topic not in meta.topics:  # (creating an existing topic needs a Create ACL it may lack)
                 dlq.ensure_topic(conf, len(found.partitions) if found is not None and found.partitions else 1)

@@ -14,8 +14,14 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # (exported, but not in __all__)
+    AdminClient,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
 
+from producer.devstack.secure import PLAIN_USER, SCRAM_USER, SecureFiles
 from producer.errors import StackError
 
 MAIN_CLASS = "kafka.Kafka"
@@ -43,17 +49,25 @@ _QUIET = ("state.change.logger", "org.apache.kafka.controller", "kafka.cluster.P
           "org.apache.kafka.coordinator.common.runtime")
 
 
-def server_properties(*, kafka_port: int, controller_port: int, data_dir: Path) -> str:
+def server_properties(*, kafka_port: int, controller_port: int, data_dir: Path,
+                      secure: tuple[int, SecureFiles] | None = None) -> str:
+    """``secure``: (port, material) of a SASL_SSL listener beside the plaintext one (``up --secure``)."""
     listeners = f"PLAINTEXT://127.0.0.1:{kafka_port},CONTROLLER://127.0.0.1:{controller_port}"
+    advertised = f"PLAINTEXT://127.0.0.1:{kafka_port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if secure is not None:
+        listeners += f",SASL_SSL://127.0.0.1:{secure[0]}"
+        advertised += f",SASL_SSL://127.0.0.1:{secure[0]}"
+        protocols += ",SASL_SSL:SASL_SSL"
     lines = [
         "# Written by hdrlog on every start; edits are overwritten.",
         "process.roles=broker,controller",
         "node.id=1",
         f"listeners={listeners}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{kafka_port}",
+        f"advertised.listeners={advertised}",
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"listener.security.protocol.map={protocols}",
         f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
         f"log.dirs={data_dir}",
         "num.partitions=1",
@@ -67,7 +81,39 @@ def server_properties(*, kafka_port: int, controller_port: int, data_dir: Path) 
         # Consumers in tests join alone; the 3 s default would only delay them.
         "group.initial.rebalance.delay.ms=0",
     ]
+    if secure is not None:
+        lines += _secure_listener(secure[1])
     return "\n".join(lines) + "\n"
+
+
+def _secure_listener(files: SecureFiles) -> list[str]:
+    """SCRAM-SHA-512 (users kept by the cluster: ``add_scram_users``) and PLAIN (users here) over TLS with
+    a PEM key store; a client certificate is requested and checked against the CA, not required."""
+    plain = " ".join(f'user_{u}="{p}"' for u, p in files.passwords().items() if u == PLAIN_USER)
+    p = "listener.name.sasl_ssl."
+    return [
+        f"{p}sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN",
+        f"{p}scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        f"{p}plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required {plain};",
+        f"{p}ssl.keystore.type=PEM",
+        f"{p}ssl.keystore.location={files.broker}",
+        f"{p}ssl.truststore.type=PEM",
+        f"{p}ssl.truststore.location={files.ca}",
+        f"{p}ssl.client.auth=requested",
+    ]
+
+
+def add_scram_users(bootstrap_servers: str, files: SecureFiles, timeout_s: float = 30.0) -> None:
+    """Give the SCRAM user its password (over the plaintext listener; idempotent)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    password = files.passwords()[SCRAM_USER]
+    upsert = UserScramCredentialUpsertion(SCRAM_USER, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
+                                          password.encode())
+    try:
+        for fut in admin.alter_user_scram_credentials([upsert]).values():
+            fut.result(timeout=timeout_s)
+    except KafkaException as exc:
+        raise StackError(f"cannot create the SCRAM user {SCRAM_USER}: {exc}") from exc
 
 
 def log4j2_config(log: Path, quiet: tuple[str, ...] = _QUIET) -> str:

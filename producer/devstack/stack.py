@@ -28,6 +28,8 @@ from pathlib import Path
 from producer.devstack import connect, jvm, kafka, opensearch, registry
 from producer.devstack.fetch import Fetcher
 from producer.devstack.procs import POLL_S, Daemon, alive, port_holder
+from producer.devstack.secure import SecureFiles
+from producer.devstack.secure import ensure as ensure_secure
 from producer.errors import ConfigError, StackError
 
 COMPATIBILITY_LEVELS = frozenset({"NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE",
@@ -56,13 +58,15 @@ class StackSettings:
     java21: Path | None = None  # env HDRLOG_JAVA21: java for the registry; default: found under /usr/lib/jvm
     opensearch_port: int = 9200  # env HDRLOG_STACK_OPENSEARCH_PORT: OpenSearch's HTTP API (up --opensearch)
     connect_port: int = 8083  # env HDRLOG_STACK_CONNECT_PORT: Kafka Connect's REST API (up --connect)
+    secure_port: int = 9094  # env HDRLOG_STACK_SECURE_PORT: Kafka's SASL_SSL listener (up --secure)
     opensearch_version: str = "3.4.0"
     connect_converter_version: str = "2.6.13.Final"  # io.apicurio:apicurio-registry-utils-converter
 
     def __post_init__(self) -> None:
         ports = {"kafka_port": self.kafka_port, "controller_port": self.controller_port,
                  "registry_port": self.registry_port, "registry_management_port": self.registry_management_port,
-                 "opensearch_port": self.opensearch_port, "connect_port": self.connect_port}
+                 "opensearch_port": self.opensearch_port, "connect_port": self.connect_port,
+                 "secure_port": self.secure_port}
         for name, port in ports.items():
             if not 0 < port < 65536:
                 raise ConfigError(f"stack setting {name}: {port} is not a TCP port")
@@ -96,11 +100,17 @@ class StackSettings:
             java21=Path(java21).expanduser() if java21 else None,
             opensearch_port=port("HDRLOG_STACK_OPENSEARCH_PORT", 9200),
             connect_port=port("HDRLOG_STACK_CONNECT_PORT", 8083),
+            secure_port=port("HDRLOG_STACK_SECURE_PORT", 9094),
         )
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def secure_bootstrap_servers(self) -> str:
+        """The SASL_SSL listener (``up --secure``)."""
+        return f"127.0.0.1:{self.secure_port}"
 
     @property
     def registry_url(self) -> str:
@@ -148,6 +158,7 @@ class StackStatus:
     registry_url: str
     opensearch: ComponentStatus | None = None  # optional services: shown when running
     connect: ComponentStatus | None = None
+    secure: str | None = None  # the SASL_SSL listener and where its CA and users are (up --secure)
 
     @property
     def running(self) -> bool:
@@ -162,6 +173,8 @@ class StackStatus:
             lines.append(f"{c.name:<10} {state:<20} {c.address:<24} log {c.log}")
         lines.append(f"bootstrap servers: {self.bootstrap_servers}")
         lines.append(f"schema registry:   {self.registry_url}")
+        if self.secure is not None:
+            lines.append(f"secure listener:   {self.secure}")
         return "\n".join(lines)
 
 
@@ -219,6 +232,8 @@ class LocalStack:
         self._connect_log = root / "connect.log"  # log4j2's; the JVM's own output goes to connect.out
         self._connect = Daemon("Kafka Connect", root / "connect.pid", root / "connect.out",
                                (connect.MAIN_CLASS, str(self._paths.connect_properties)))
+        self.secure_files = SecureFiles(root / "secure")
+        self._secure_on = root / "secure" / "enabled"  # up --secure leaves it; every later start keeps the mode
 
     # -- inspection ----------------------------------------------------------------
 
@@ -232,20 +247,36 @@ class LocalStack:
             opensearch=ComponentStatus("opensearch", self._opensearch.pid(), f"127.0.0.1:{s.opensearch_port}",
                                        self._opensearch.log),
             connect=ComponentStatus("connect", self._connect.pid(), f"127.0.0.1:{s.connect_port}",
-                                    self._connect_log))
+                                    self._connect_log),
+            secure=(f"SASL_SSL {s.secure_bootstrap_servers} (SCRAM-SHA-512, PLAIN; CA, client certificate and "
+                    f"users in {self.secure_files.root})") if self._secure_on.exists() else None)
 
     # -- up ------------------------------------------------------------------------
 
-    def up(self, timeout: float = 300.0, *, with_opensearch: bool = False, with_connect: bool = False) -> StackStatus:
+    def up(self, timeout: float = 300.0, *, with_opensearch: bool = False, with_connect: bool = False,
+           secure: bool | None = None) -> StackStatus:
         """Fetch (once), format (once), start what is not running, and wait until both answer
         (and OpenSearch / Kafka Connect, when asked for).
 
         ``timeout`` bounds starting and waiting; the one-time download is not
         counted, since a slow mirror is not a failed start.  The registry's
         global compatibility is (re)set to ``settings.compatibility`` every time.
+        ``secure``: True adds Kafka's SASL_SSL listener (secure.py; a running
+        Kafka without it is restarted), False drops it at the next start, None
+        keeps the mode of the last ``up``.
         """
         with self._locked(time.monotonic() + timeout):
+            if secure:
+                ensure_secure(self.secure_files.root)
+                self._secure_on.touch()
+            elif secure is False:
+                self._secure_on.unlink(missing_ok=True)
+            want_secure = self._secure_on.exists()
             before = self.status()
+            if want_secure and before.kafka.running and port_holder(self.settings.secure_port) is None:
+                self._say("restarting Kafka with its SASL_SSL listener")
+                self._kafka.stop(timeout)
+                before = self.status()
             kafka_java, registry_java = self._preflight(before)
             fetcher = Fetcher(self._paths.root, self._say)
             if kafka_java is not None:
@@ -254,10 +285,14 @@ class LocalStack:
                 fetcher.apicurio(self.settings.apicurio_version, self._paths.apicurio)
 
             deadline = time.monotonic() + timeout
-            kafka_pid = before.kafka.pid if kafka_java is None else self._start_kafka(kafka_java)
+            kafka_pid = before.kafka.pid if kafka_java is None else self._start_kafka(kafka_java, want_secure)
             # kafka.out first: it is fresh for each start, and a JVM that dies early only writes there.
             self._wait(kafka.KafkaProbe(self.settings.bootstrap_servers, self.settings.kafka_port), kafka_pid,
                        "Kafka", self._kafka_log, (self._kafka.log, self._kafka_log), deadline)
+            if want_secure:
+                kafka.add_scram_users(self.settings.bootstrap_servers, self.secure_files)
+                self._wait(lambda: port_holder(self.settings.secure_port) is not None, kafka_pid,
+                           "Kafka's SASL_SSL listener", self._kafka_log, (self._kafka_log,), deadline)
             client = registry.RegistryClient(api_url=self.settings.registry_url,
                                              management_url=self.settings.registry_management_url)
             registry_pid = before.registry.pid if registry_java is None else self._start_registry(registry_java)
@@ -326,6 +361,8 @@ class LocalStack:
         wanted: list[tuple[str, int]] = []
         if not st.kafka.running:
             wanted += [("Kafka", s.kafka_port), ("the Kafka controller", s.controller_port)]
+            if self._secure_on.exists():
+                wanted.append(("Kafka's SASL_SSL listener", s.secure_port))
         if not st.registry.running:
             wanted += [("the schema registry", s.registry_port),
                        ("the schema registry's management interface", s.registry_management_port)]
@@ -336,10 +373,14 @@ class LocalStack:
             21, prefer=s.java21, purpose=f"Apicurio Registry {s.apicurio_version}")
         return kafka_java, registry_java
 
-    def _start_kafka(self, java: Path) -> int:
+    def _start_kafka(self, java: Path, secure: bool) -> int:
         s, p = self.settings, self._paths
-        p.kafka_properties.write_text(kafka.server_properties(
-            kafka_port=s.kafka_port, controller_port=s.controller_port, data_dir=p.kafka_data))
+        fd = os.open(p.kafka_properties, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # PLAIN's passwords
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(kafka.server_properties(
+                kafka_port=s.kafka_port, controller_port=s.controller_port, data_dir=p.kafka_data,
+                secure=(s.secure_port, self.secure_files) if secure else None))
         p.kafka_log4j2.write_text(kafka.log4j2_config(self._kafka_log))
         args = kafka.jvm_args(java, p.kafka_libs, p.kafka_log4j2)
         if not kafka.is_formatted(p.kafka_data):
@@ -396,13 +437,13 @@ class LocalStack:
                     daemon.stop(timeout)
 
     def restart(self, timeout: float = 300.0, *, with_opensearch: bool = False,
-                with_connect: bool = False) -> StackStatus:
+                with_connect: bool = False, secure: bool | None = None) -> StackStatus:
         """Down, then up again with the optional services that were running (or are asked for)."""
         st = self.status()
         with_opensearch = with_opensearch or (st.opensearch is not None and st.opensearch.running)
         with_connect = with_connect or (st.connect is not None and st.connect.running)
         self.down()
-        return self.up(timeout, with_opensearch=with_opensearch, with_connect=with_connect)
+        return self.up(timeout, with_opensearch=with_opensearch, with_connect=with_connect, secure=secure)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -448,7 +489,7 @@ def _hint(logs: tuple[Path, ...]) -> str:
 
 
 def run_stack_command(action: str, settings: StackSettings, *, with_opensearch: bool = False,
-                      with_connect: bool = False) -> int:
+                      with_connect: bool = False, secure: bool | None = None) -> int:
     """``hdrlog stack up|down|status|restart``: print the resulting status and return an exit code.
 
     0 on success; for ``status``, 3 when either service is stopped.  StackError
@@ -456,12 +497,12 @@ def run_stack_command(action: str, settings: StackSettings, *, with_opensearch: 
     """
     stack = LocalStack(settings)
     if action == "up":
-        status = stack.up(with_opensearch=with_opensearch, with_connect=with_connect)
+        status = stack.up(with_opensearch=with_opensearch, with_connect=with_connect, secure=secure)
     elif action == "down":
         stack.down()
         status = stack.status()
     elif action == "restart":
-        status = stack.restart(with_opensearch=with_opensearch, with_connect=with_connect)
+        status = stack.restart(with_opensearch=with_opensearch, with_connect=with_connect, secure=secure)
     elif action == "status":
         status = stack.status()
     else:

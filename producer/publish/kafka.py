@@ -55,6 +55,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -110,6 +112,54 @@ WINDOW_BYTES = 4 << 20
 def is_permanent(err: KafkaError) -> bool:
     """Classified here, where librdkafka's errors enter: everything not known to be permanent is retried."""
     return err.code() in PERMANENT
+
+
+def connect_failure(servers: str, protocol: str, errors: list[KafkaError], exc: KafkaException) -> BrokerError:
+    """Why a client (the agent's producer, the consumer) got no metadata: a refusal of its security
+    settings (``refusal``, or a plaintext client on a TLS listener: ``speaks_tls``), which retrying
+    cannot mend, or a retriable "cannot reach"."""
+    for err in reversed(errors):
+        refused = refusal(err, servers)
+        if refused is not None:
+            return BrokerError(refused)
+    if protocol.lower() in ("plaintext", "sasl_plaintext") and speaks_tls(servers):
+        return BrokerError(f"Kafka at {servers} is a TLS listener, and security.protocol is {protocol.upper()}: "
+                           f"set SSL or SASL_SSL (and ssl.ca.location)")
+    return BrokerError(f"cannot reach Kafka at {servers}: {first_line(exc)}", retriable=True)
+
+
+def refusal(err: KafkaError | None, servers: str) -> str | None:
+    """The one-line reason when ``err`` says the broker refused this client's security settings (retrying
+    cannot help), else None: SASL authentication failed, the TLS handshake failed (an untrusted
+    certificate, TLS to a plaintext port), or the broker closed a plaintext connection at once (plaintext
+    to a TLS port: librdkafka says so)."""
+    if err is None:
+        return None
+    text = err.str()
+    if err.code() == KafkaError._AUTHENTICATION:
+        return f"Kafka at {servers} refused the credentials (sasl.username, sasl.password): {text}"
+    if err.code() == KafkaError._SSL:
+        return (f"the TLS handshake with Kafka at {servers} failed (ssl.ca.location, security.protocol): "
+                f"{text}")
+    return None
+
+
+def speaks_tls(servers: str, timeout_s: float = 2.0) -> bool:
+    """Whether the first of ``servers`` completes a TLS handshake (its certificate unchecked: this only
+    tells a plaintext client that it reached a TLS listener, which closes the connection without a word)."""
+    first = servers.split(",")[0].strip().rpartition("://")[2]
+    host, _, port = first.rpartition(":")
+    if not port.isdigit():
+        return False
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as sock, \
+                ctx.wrap_socket(sock):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
 
 
 def first_line(exc: BaseException) -> str:
@@ -206,6 +256,7 @@ class KafkaPublisher:
         self._stop = threading.Event()
         self._finished = False
         self._failure: HdrlogError | None = None
+        self._connect_error: KafkaError | None = None  # what check_reachable explains a failure with
         try:
             self._producer = self._factory(self._conf)
         except KafkaException as exc:
@@ -214,12 +265,15 @@ class KafkaPublisher:
     # -- start-up ------------------------------------------------------------------
 
     def check_reachable(self, timeout_s: float) -> None:
-        """Raise a retriable BrokerError unless cluster metadata arrives in time."""
+        """Raise a BrokerError unless cluster metadata arrives in time: retriable (the broker may be
+        starting), unless the broker refused the credentials or the TLS handshake (``refusal``)."""
+        self._connect_error = None
         try:
             self._producer.list_topics(timeout=max(timeout_s, 0.5))
         except KafkaException as exc:
-            raise BrokerError(f"cannot reach Kafka at {self.bootstrap_servers}: {first_line(exc)}",
-                              retriable=True) from exc
+            self._producer.poll(0)  # serve the error callbacks: they say why
+            raise connect_failure(self.bootstrap_servers, str(self._conf.get("security.protocol", "plaintext")),
+                                  [] if self._connect_error is None else [self._connect_error], exc) from exc
 
     def ensure_topic(self, topic: str, partitions: int, timeout_s: float = 15.0) -> None:
         """Create ``topic`` (broker-default replication) unless it exists."""
@@ -466,6 +520,8 @@ class KafkaPublisher:
     def _on_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
             self._tel.broker_down(err.str())
+        if refusal(err, self.bootstrap_servers) is not None or self._connect_error is None:
+            self._connect_error = err
         log.warning("kafka: %s", err.str())
 
     def _finish(self) -> None:
