@@ -241,3 +241,34 @@ def test_restart_keeps_schemas_and_topic_data(stack: StackSettings) -> None:
         deserialize = AvroDeserializer(client)
         got = [deserialize(v, ctx) for v in _consume_all(stack, topic, N)]
     assert got == records
+
+
+def test_the_secure_material_is_made_whole_and_private(tmp_path: Path) -> None:
+    """``stack up --secure``'s CA, certificates and passwords: private modes, a broker certificate the CA
+    signed for 127.0.0.1, and a half-made directory (an interrupted run) made again, its mode kept."""
+    import ipaddress
+    import stat
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.hashes import SHA256
+
+    from producer.devstack.secure import PLAIN_USER, SCRAM_USER, ensure
+
+    files = ensure(tmp_path / "secure")
+    assert stat.S_IMODE(files.root.stat().st_mode) == 0o700
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files.root.iterdir()} == {
+        n: 0o600 for n in ("ca.pem", "broker.pem", "client.pem", "client.key", "credentials.json")}
+    assert set(files.passwords()) == {SCRAM_USER, PLAIN_USER} and all(len(p) >= 20 for p in files.passwords().values())
+    ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
+    broker = x509.load_pem_x509_certificates(files.broker.read_bytes())[0]
+    ca.public_key().verify(broker.signature, broker.tbs_certificate_bytes, ec.ECDSA(SHA256()))  # type: ignore[union-attr,call-arg]
+    san = broker.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("127.0.0.1") in san.get_values_for_type(x509.IPAddress)
+    before = files.ca.read_bytes()
+    assert ensure(files.root).ca.read_bytes() == before  # made once, kept
+    files.credentials.unlink()
+    (files.root / "enabled").touch()
+    again = ensure(files.root)
+    assert again.exists() and again.ca.read_bytes() != before and (files.root / "enabled").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["secure"]  # no temporary directory left

@@ -23,7 +23,6 @@ is either in the sink or here.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,8 +36,6 @@ from producer.errors import BrokerError
 STAGES = {Poison.BAD_MAGIC: "VALUE_CONVERTER", Poison.UNKNOWN_SCHEMA: "VALUE_CONVERTER",
           Poison.WRONG_SCHEMA: "VALUE_CONVERTER", Poison.DECODE_ERROR: "VALUE_CONVERTER",
           Poison.MAPPING_ERROR: "TRANSFORMATION", Poison.SINK_REJECTED: "TASK_PUT"}
-
-log = logging.getLogger(__name__)
 
 
 def dlq_topic(topic: str) -> str:
@@ -54,12 +51,18 @@ class DeadLetters:
         self.sent = 0
         # zstd and a large client-side limit: a dead letter is the original message (compressed by the
         # agent's producer) plus ~0.5 KB of headers; the broker's limit applies to the compressed batch
-        pconf = {**conf, "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "zstd",
-                 "message.max.bytes": 64 << 20, "logger": log}
-        try:
-            self._producer = Producer(pconf)
-        except KafkaException as exc:
-            raise BrokerError(f"invalid Kafka settings for the dead-letter producer: {exc}") from exc
+        self._conf = {**conf, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                      "compression.type": "zstd", "message.max.bytes": 64 << 20}
+        self._made: Producer | None = None  # at the first dead letter: most runs never connect it
+
+    @property
+    def _producer(self) -> Producer:
+        if self._made is None:
+            try:
+                self._made = Producer(self._conf)
+            except KafkaException as exc:
+                raise BrokerError(f"invalid Kafka settings for the dead-letter producer: {exc}") from exc
+        return self._made
 
     def ensure_topic(self, admin_conf: Mapping[str, Any], partitions: int) -> None:
         """Create the dead-letter topic if it does not exist (its partitions: the source topic's)."""
@@ -110,7 +113,7 @@ class DeadLetters:
 
     def flush(self, timeout_s: float = 60.0) -> None:
         """Every dead letter sent so far acknowledged; a BrokerError otherwise (nothing is committed then)."""
-        left = self._producer.flush(timeout_s)
+        left = 0 if self._made is None else self._made.flush(timeout_s)
         if left:
             raise BrokerError(f"{left} dead letters to {self.topic} not acknowledged within {timeout_s:.0f} s",
                               retriable=True)
@@ -120,4 +123,5 @@ class DeadLetters:
             raise BrokerError(f"{n} dead letters to {self.topic} refused: {first}")
 
     def close(self) -> None:
-        self._producer.flush(10)
+        if self._made is not None:
+            self._made.flush(10)

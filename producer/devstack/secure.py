@@ -17,6 +17,8 @@ import ipaddress
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,12 +114,29 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def ensure(root: Path) -> SecureFiles:
-    """The material under ``root`` (created once; kept, so that clients' copies of the CA stay valid)."""
+    """The material under ``root`` (created once; kept, so that clients' copies of the CA stay valid).
+    It is made in a directory beside ``root`` and renamed into place: an interrupted run leaves none."""
     files = SecureFiles(root)
     if files.exists():
         return files
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(root, 0o700)
+    marker = root / "enabled"
+    enabled = marker.exists()
+    if root.exists():  # incomplete (an older run's): made again
+        shutil.rmtree(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".secure-", dir=root.parent))  # mode 0700
+    try:
+        _make(SecureFiles(tmp))
+        if enabled:
+            (tmp / "enabled").touch()
+        os.rename(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return files
+
+
+def _make(files: SecureFiles) -> None:
     ca_key, ca = make_ca("hdrlog local stack CA")
     broker_key = ec.generate_private_key(ec.SECP256R1())
     broker = _cert("127.0.0.1", broker_key, ca.subject, ca_key, ca=False, server=True)
@@ -130,4 +149,3 @@ def ensure(root: Path) -> SecureFiles:
     users = {SCRAM_USER: secrets.token_urlsafe(18), PLAIN_USER: secrets.token_urlsafe(18)}
     _write(files.credentials, json.dumps({"users": users, "mechanisms": {SCRAM_USER: "SCRAM-SHA-512",
                                                                         PLAIN_USER: "PLAIN"}}, indent=1).encode())
-    return files

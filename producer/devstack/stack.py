@@ -31,6 +31,7 @@ from producer.devstack.procs import POLL_S, Daemon, alive, port_holder
 from producer.devstack.secure import SecureFiles
 from producer.devstack.secure import ensure as ensure_secure
 from producer.errors import ConfigError, StackError
+from producer.publish.kafka import speaks_tls
 
 COMPATIBILITY_LEVELS = frozenset({"NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE",
                                   "FULL", "FULL_TRANSITIVE"})
@@ -272,8 +273,10 @@ class LocalStack:
             elif secure is False:
                 self._secure_on.unlink(missing_ok=True)
             want_secure = self._secure_on.exists()
+            if want_secure:
+                ensure_secure(self.secure_files.root)  # (made again if a file went missing)
             before = self.status()
-            if want_secure and before.kafka.running and port_holder(self.settings.secure_port) is None:
+            if want_secure and before.kafka.running and not self._kafka_has_secure_listener():
                 self._say("restarting Kafka with its SASL_SSL listener")
                 self._kafka.stop(timeout)
                 before = self.status()
@@ -291,7 +294,7 @@ class LocalStack:
                        "Kafka", self._kafka_log, (self._kafka.log, self._kafka_log), deadline)
             if want_secure:
                 kafka.add_scram_users(self.settings.bootstrap_servers, self.secure_files)
-                self._wait(lambda: port_holder(self.settings.secure_port) is not None, kafka_pid,
+                self._wait(lambda: speaks_tls(self.settings.secure_bootstrap_servers), kafka_pid,
                            "Kafka's SASL_SSL listener", self._kafka_log, (self._kafka_log,), deadline)
             client = registry.RegistryClient(api_url=self.settings.registry_url,
                                              management_url=self.settings.registry_management_url)
@@ -372,6 +375,14 @@ class LocalStack:
         registry_java = None if st.registry.running else jvm.find_java(
             21, prefer=s.java21, purpose=f"Apicurio Registry {s.apicurio_version}")
         return kafka_java, registry_java
+
+    def _kafka_has_secure_listener(self) -> bool:
+        """Whether the running Kafka was started with the SASL_SSL listener (its properties are written at
+        each start)."""
+        try:
+            return "SASL_SSL://" in self._paths.kafka_properties.read_text()
+        except OSError:
+            return False
 
     def _start_kafka(self, java: Path, secure: bool) -> int:
         s, p = self.settings, self._paths

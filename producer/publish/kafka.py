@@ -114,6 +114,10 @@ def is_permanent(err: KafkaError) -> bool:
     return err.code() in PERMANENT
 
 
+#: what an ``_SSL`` error says when retrying cannot help: the certificate, or TLS spoken to plaintext
+TLS_REFUSALS = ("certificate", "wrong version number", "unknown protocol", "packet length too long")
+
+
 def connect_failure(servers: str, protocol: str, errors: list[KafkaError], exc: KafkaException) -> BrokerError:
     """Why a client (the agent's producer, the consumer) got no metadata: a refusal of its security
     settings (``refusal``, or a plaintext client on a TLS listener: ``speaks_tls``), which retrying
@@ -136,9 +140,11 @@ def refusal(err: KafkaError | None, servers: str) -> str | None:
     if err is None:
         return None
     text = err.str()
-    if err.code() == KafkaError._AUTHENTICATION:
+    # (not every _AUTHENTICATION is the broker's refusal: an OAUTHBEARER token that could not be fetched
+    # is one too, and may come next time; not every _SSL is a certificate: a reset mid-handshake is one)
+    if err.code() == KafkaError._AUTHENTICATION and "Authentication failed" in text:
         return f"Kafka at {servers} refused the credentials (sasl.username, sasl.password): {text}"
-    if err.code() == KafkaError._SSL:
+    if err.code() == KafkaError._SSL and any(t in text for t in TLS_REFUSALS):
         return (f"the TLS handshake with Kafka at {servers} failed (ssl.ca.location, security.protocol): "
                 f"{text}")
     return None
