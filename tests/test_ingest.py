@@ -266,22 +266,6 @@ def test_tls_and_the_token_reach_hdrlog_status(veth, stack, start_agent, tmp_pat
     agent.stop()
 
 
-def _parse_workers(agent_pid: int) -> list[int]:
-    """The agent's parse worker processes."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError):
-            continue
-        if ppid == agent_pid and b"producer.ingest.workers" in argv:
-            out.append(int(entry.name))
-    return out
-
-
 def _proc_status(pid: int) -> dict[str, str]:
     return {k: v.strip() for k, _, v in (line.partition(":") for line in
                                           Path(f"/proc/{pid}/status").read_text().splitlines())}
@@ -295,11 +279,12 @@ def test_a_parse_worker_runs_without_privileges_and_its_death_costs_only_its_req
     import os
     import signal
 
+    from producer.bench.ingest import worker_pids
     from tests.conftest import wait_for
 
     agent = _agent(start_agent, veth, stack, tmp_path, "disk")
     url = agent.url + "/api/v1/logging"
-    first = wait_for(lambda: _parse_workers(agent.proc.pid), 30, "the parse worker")
+    first = wait_for(lambda: worker_pids(agent.proc.pid), 30, "the parse worker")
     assert len(first) == 1
     for pid in first:
         st = _proc_status(pid)
@@ -332,7 +317,7 @@ def test_a_parse_worker_runs_without_privileges_and_its_death_costs_only_its_req
         return True
 
     wait_for(after, 30, "a new parse worker")
-    second = _parse_workers(agent.proc.pid)
+    second = worker_pids(agent.proc.pid)
     assert len(second) == 1 and second != first
     assert _proc_status(second[0])["CapEff"] == "0" * 16
 

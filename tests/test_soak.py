@@ -29,6 +29,7 @@ import httpx2
 import orjson
 import pytest
 
+from producer.bench.ingest import agent_rss_kib
 from producer.devstack import LocalStack
 from tests.conftest import expand, read_topic, reconcile, summary_of, wait_for
 
@@ -38,26 +39,6 @@ RATE, INGEST_RATE = 2_000, 20
 SOAK_S, LONG_SOAK_S = 60.0, 600.0
 #: how far the RSS may rise, after warm-up, above its highest before the broker restart
 RSS_BOUND_MIB = 24.0
-
-
-def _rss_mib(pid: int) -> float:
-    kib = 0
-    for p in [pid, *_children(pid)]:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    kib += int(line.split()[1])
-        except OSError:
-            continue
-    return kib / 1024
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for t in os.listdir(f"/proc/{pid}/task")
-                for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 class Sampler:
@@ -75,7 +56,7 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.wait(1.0):
             fds = len(os.listdir(f"/proc/{self.pid}/fd"))
-            self.samples.append((time.monotonic() - self._t0, _rss_mib(self.pid), fds))
+            self.samples.append((time.monotonic() - self._t0, agent_rss_kib(self.pid) / 1024, fds))
             if httpx2.get(self.url + "/metrics", timeout=10).status_code == 200:
                 self.scrapes += 1
 

@@ -171,6 +171,15 @@ def worker_pids(agent_pid: int) -> list[int]:
     return out
 
 
+def agent_rss_kib(agent_pid: int) -> int:
+    """The RSS of the agent and its parse workers (OSError if the agent is gone)."""
+    kib = rss_kib(agent_pid)
+    for pid in worker_pids(agent_pid):
+        with contextlib.suppress(OSError, HdrlogError):  # (a worker that just ended)
+            kib += rss_kib(pid)
+    return kib
+
+
 def workers_cpu_s(agent_pid: int) -> float:
     """CPU seconds of the agent's parse workers so far."""
     total = 0.0
@@ -193,13 +202,9 @@ class RssSampler:
     def _sample(self) -> None:
         while not self._stop.wait(0.5):
             try:
-                kib = rss_kib(self.pid)
+                self.kib.append(agent_rss_kib(self.pid))
             except OSError:
                 return
-            for pid in worker_pids(self.pid):
-                with contextlib.suppress(OSError, HdrlogError):
-                    kib += rss_kib(pid)
-            self.kib.append(kib)
 
     def stop(self) -> tuple[float, float]:
         """(min, max) MiB after the first fifth (warm-up)."""
