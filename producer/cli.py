@@ -366,7 +366,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
                **cfg.kafka.client_properties()}))
     opts = ConsumeOptions(
         bootstrap_servers=cfg.kafka.bootstrap_servers, schema_registry=cfg.registry.url,
-        kafka=cfg.kafka.client_properties(), registry=cfg.registry.properties, topic=cfg.kafka.topic,
+        kafka=cfg.kafka.client_properties(), registry=cfg.registry.client_properties(), topic=cfg.kafka.topic,
         group=args.group or (f"hdrlog-console-{uuid.uuid4().hex[:8]}" if args.format == "text"
                              else f"hdrlog-consume-{args.format}"), from_beginning=args.from_beginning,
         max_records=args.max_records, idle_timeout_s=args.idle_timeout, commit_interval_s=interval,
@@ -404,7 +404,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, os.environ, _overrides(args))
     subjects = agent_subjects(cfg.kafka.topic, cfg.kafka.shape, cfg.telemetry.stats_topic, cfg.ingest.topic)
     refused = 0
-    with Registry(cfg.registry.url, cfg.registry.properties) as registry:
+    with Registry(cfg.registry.url, cfg.registry.client_properties()) as registry:
         for s in subjects:
             if args.action == "register":
                 print(f"{s.name}: {s.schema.name} registered, id {registry.register(s.name, s.schema.text)}")

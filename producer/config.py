@@ -280,11 +280,33 @@ class RegistryConfig:
         "register the schemas at start; `false`: only look them up, and refuse to start without them",
         env="HDRLOG_AUTO_REGISTER"))
     properties: Mapping[str, str] = field(default_factory=dict, metadata=_m(
-        "`[registry.properties]`: registry client properties (`basic.auth.user.info`, TLS)"))
+        "`[registry.properties]`: registry client properties (TLS: `ssl.ca.location`, `ssl.certificate.location`, "
+        "`ssl.key.location`)"))
+    username: str = field(default="", metadata=_m(
+        "basic-auth user at the registry (with `password_file`)", env="HDRLOG_REGISTRY_USERNAME", metavar="USER"))
+    password_file: str = field(default="", metadata=_m(
+        "a file holding the registry user's password (keeps it out of the config file)",
+        env="HDRLOG_REGISTRY_PASSWORD_FILE", metavar="FILE"))
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
             raise _bad("registry.url", f"{self.url!r} is not an http(s) URL")
+        if bool(self.username) != bool(self.password_file):
+            raise _bad("registry.username" if not self.username else "registry.password_file",
+                       "registry.username and registry.password_file go together")
+        if self.username and "basic.auth.user.info" in self.properties:
+            raise _bad("registry.username", "set it or registry.properties basic.auth.user.info, not both")
+        if ":" in self.username:
+            raise _bad("registry.username", "must not contain ':'")
+
+    def client_properties(self) -> dict[str, str]:
+        """``properties`` with the basic-auth credentials of ``username``/``password_file`` (ConfigError if
+        the file is unreadable)."""
+        props = dict(self.properties)
+        if self.username:
+            password = _secret_file("registry.password_file", self.password_file, "registry password file")
+            props["basic.auth.user.info"] = f"{self.username}:{password}"
+        return props
 
 
 @dataclass(frozen=True, slots=True)

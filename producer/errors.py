@@ -20,6 +20,10 @@ that property instead of guessing from messages.
 
 from __future__ import annotations
 
+#: what a TLS error says when retrying cannot help (lower case): the certificate, or TLS spoken to plaintext
+TLS_REFUSALS = ("certificate", "wrong version number", "wrong_version_number", "unknown protocol",
+                "packet length too long")
+
 
 class HdrlogError(Exception):
     """Root of all hdrlog errors; the message is one line meant for a user."""

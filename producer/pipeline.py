@@ -85,7 +85,7 @@ def _kafka(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Ide
     k, r = cfg.kafka, cfg.registry
     subjects = agent_subjects(k.topic, k.shape, cfg.telemetry.stats_topic, _ingest_topic(cfg))
     ids: dict[str, int] = {}
-    with Registry(r.url, r.properties) as registry:
+    with Registry(r.url, r.client_properties()) as registry:
         for s in subjects:
             ids[s.name] = with_retry(lambda s=s: resolve(registry, s, r.auto_register),  # type: ignore[misc]
                                      deadline_s=k.connect_timeout_s, on_retry=_retrying)

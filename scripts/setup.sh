@@ -20,6 +20,7 @@ DEB_PACKAGES=(
   tshark kcat pmacct   # the tools `hdrlog bench` measures the agent against
   python3-matplotlib   # the benchmark's chart
   wrk apache2-utils    # HTTP load generators: the ingest benchmark (wrk) and tests (ab)
+  nginx-light openssl  # `stack up --secure`: the registry over HTTPS with basic auth (tlsproxy.py)
 )
 
 missing=()

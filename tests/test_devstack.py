@@ -191,8 +191,9 @@ def test_status_reports_both_running_and_listening_on_loopback_only(stack: Stack
     listeners = _tcp_listeners()
     owners = {stack.kafka_port: st.kafka.pid, stack.controller_port: st.kafka.pid,
               stack.secure_port: st.kafka.pid,  # the session's stack is up --secure (conftest)
-              stack.registry_port: st.registry.pid, stack.registry_management_port: st.registry.pid}
-    assert st.secure is not None and stack.secure_bootstrap_servers in text
+              stack.registry_port: st.registry.pid, stack.registry_management_port: st.registry.pid,
+              stack.secure_registry_port: st.registry_tls.pid if st.registry_tls is not None else None}
+    assert st.secure is not None and stack.secure_bootstrap_servers in text and stack.secure_registry_url in text
     for port, pid in owners.items():
         on_port = [(addr, inode) for addr, p, inode in listeners if p == port]
         assert on_port, f"nothing listens on port {port}"
@@ -253,13 +254,16 @@ def test_the_secure_material_is_made_whole_and_private(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.hashes import SHA256
 
-    from producer.devstack.secure import PLAIN_USER, SCRAM_USER, ensure
+    from producer.devstack.secure import PLAIN_USER, REGISTRY_USER, SCRAM_USER, ensure
 
     files = ensure(tmp_path / "secure")
     assert stat.S_IMODE(files.root.stat().st_mode) == 0o700
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files.root.iterdir()} == {
-        n: 0o600 for n in ("ca.pem", "broker.pem", "client.pem", "client.key", "credentials.json")}
+        n: 0o600 for n in ("ca.pem", "broker.pem", "client.pem", "client.key", "credentials.json", "registry.htpasswd")}
     assert set(files.passwords()) == {SCRAM_USER, PLAIN_USER} and all(len(p) >= 20 for p in files.passwords().values())
+    user, _, hashed = files.htpasswd.read_text().strip().partition(":")
+    assert user == REGISTRY_USER and hashed.startswith("$6$") and len(files.registry_password()) >= 20
+    assert files.registry_password() not in files.htpasswd.read_text()
     ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
     broker = x509.load_pem_x509_certificates(files.broker.read_bytes())[0]
     ca.public_key().verify(broker.signature, broker.tbs_certificate_bytes, ec.ECDSA(SHA256()))  # type: ignore[union-attr,call-arg]
@@ -267,6 +271,8 @@ def test_the_secure_material_is_made_whole_and_private(tmp_path: Path) -> None:
     assert ipaddress.ip_address("127.0.0.1") in san.get_values_for_type(x509.IPAddress)
     before = files.ca.read_bytes()
     assert ensure(files.root).ca.read_bytes() == before  # made once, kept
+    files.htpasswd.unlink()  # (material made before the registry's proxy: the user is added, the CA kept)
+    assert ensure(files.root).ca.read_bytes() == before and files.has_registry_user()
     files.credentials.unlink()
     (files.root / "enabled").touch()
     again = ensure(files.root)

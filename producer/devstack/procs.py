@@ -57,12 +57,15 @@ class Daemon:
     ``markers`` are arguments that must all appear in the process's argv (its main
     class and one naming our state directory), so a pid reused by an unrelated
     process, or a service of another stack directory, is never taken for ours.
+    ``retitled``: the process rewrites its argv into one title (nginx), so the
+    markers are looked for among that title's words.
     """
 
     name: str
     pidfile: Path
     log: Path
     markers: tuple[str, ...]
+    retitled: bool = False
 
     def pid(self) -> int | None:
         """The recorded pid if that process is alive and is ours, else None."""
@@ -71,6 +74,8 @@ class Daemon:
         except (OSError, ValueError):
             return None
         argv = cmdline(pid)
+        if self.retitled:
+            argv = " ".join(argv).split()
         return pid if alive(pid) and all(m in argv for m in self.markers) else None
 
     def start(self, argv: list[str], *, env: Mapping[str, str], cwd: Path) -> int:

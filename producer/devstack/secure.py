@@ -8,6 +8,11 @@ and chain (``broker.pem``, 127.0.0.1 and localhost), a client certificate the
 CA signed (``client.pem``, ``client.key``) and ``credentials.json``: the users
 and their passwords (random, for this machine only).  Tests and the README's
 examples read them from there.
+
+The registry over HTTPS with basic auth (``StackSettings.secure_registry_port``)
+is nginx in front of Apicurio: Apicurio's own basic auth needs an OpenID
+Connect server.  Its user is ``REGISTRY_USER``, its password in
+``credentials.json`` and its SHA-512 crypt hash in ``registry.htpasswd``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +33,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from producer.errors import StackError
+
 #: the users the secure listener knows: SCRAM-SHA-512 and PLAIN
 SCRAM_USER, PLAIN_USER = "hdrlog", "hdrlogplain"  # (JAAS option names take no dash)
+#: the registry's basic-auth user (the TLS proxy's)
+REGISTRY_USER = "hdrlog"
 VALID_DAYS = 3650
 
 
@@ -58,12 +68,26 @@ class SecureFiles:
     def credentials(self) -> Path:
         return self.root / "credentials.json"
 
+    @property
+    def htpasswd(self) -> Path:
+        return self.root / "registry.htpasswd"
+
     def passwords(self) -> dict[str, str]:
-        """user -> password."""
+        """Kafka's users: user -> password."""
         return dict(json.loads(self.credentials.read_text(encoding="utf-8"))["users"])
+
+    def registry_password(self) -> str:
+        """``REGISTRY_USER``'s password at the registry's TLS proxy."""
+        return str(json.loads(self.credentials.read_text(encoding="utf-8"))["registry"][REGISTRY_USER])
 
     def exists(self) -> bool:
         return all(p.is_file() for p in (self.ca, self.broker, self.client_cert, self.client_key, self.credentials))
+
+    def has_registry_user(self) -> bool:
+        try:
+            return self.htpasswd.is_file() and bool(self.registry_password())
+        except (OSError, ValueError, KeyError):
+            return False
 
 
 def _name(common: str) -> x509.Name:
@@ -118,6 +142,8 @@ def ensure(root: Path) -> SecureFiles:
     It is made in a directory beside ``root`` and renamed into place: an interrupted run leaves none."""
     files = SecureFiles(root)
     if files.exists():
+        if not files.has_registry_user():  # (material made before the registry's proxy existed: the CA kept)
+            _add_registry_user(files, files.root)
         return files
     marker = root / "enabled"
     enabled = marker.exists()
@@ -149,3 +175,22 @@ def _make(files: SecureFiles) -> None:
     users = {SCRAM_USER: secrets.token_urlsafe(18), PLAIN_USER: secrets.token_urlsafe(18)}
     _write(files.credentials, json.dumps({"users": users, "mechanisms": {SCRAM_USER: "SCRAM-SHA-512",
                                                                         PLAIN_USER: "PLAIN"}}, indent=1).encode())
+    _add_registry_user(files, files.root)
+
+
+def _add_registry_user(files: SecureFiles, scratch: Path) -> None:
+    """A random password for ``REGISTRY_USER``: into credentials.json, and hashed (SHA-512 crypt, by
+    ``openssl passwd``, the password on its stdin) into registry.htpasswd; each file replaced by a rename."""
+    password = secrets.token_urlsafe(18)
+    try:
+        hashed = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password, capture_output=True,
+                                text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise StackError(f"hashing the registry's password with openssl failed: {exc}") from exc
+    creds = json.loads(files.credentials.read_text(encoding="utf-8"))
+    creds["registry"] = {REGISTRY_USER: password}
+    for path, data in ((files.htpasswd, f"{REGISTRY_USER}:{hashed}\n".encode()),
+                       (files.credentials, json.dumps(creds, indent=1).encode())):
+        tmp = scratch / f".{path.name}.tmp"
+        _write(tmp, data)
+        os.rename(tmp, path)

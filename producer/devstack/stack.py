@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer.devstack import connect, jvm, kafka, opensearch, registry
+from producer.devstack import connect, jvm, kafka, opensearch, registry, tlsproxy
 from producer.devstack.fetch import Fetcher
 from producer.devstack.procs import POLL_S, Daemon, alive, port_holder
 from producer.devstack.secure import SecureFiles
@@ -60,6 +60,8 @@ class StackSettings:
     opensearch_port: int = 9200  # env HDRLOG_STACK_OPENSEARCH_PORT: OpenSearch's HTTP API (up --opensearch)
     connect_port: int = 8083  # env HDRLOG_STACK_CONNECT_PORT: Kafka Connect's REST API (up --connect)
     secure_port: int = 9094  # env HDRLOG_STACK_SECURE_PORT: Kafka's SASL_SSL listener (up --secure)
+    # env HDRLOG_STACK_SECURE_REGISTRY_PORT: the registry over HTTPS with basic auth (up --secure)
+    secure_registry_port: int = 8444
     opensearch_version: str = "3.4.0"
     connect_converter_version: str = "2.6.13.Final"  # io.apicurio:apicurio-registry-utils-converter
 
@@ -67,7 +69,7 @@ class StackSettings:
         ports = {"kafka_port": self.kafka_port, "controller_port": self.controller_port,
                  "registry_port": self.registry_port, "registry_management_port": self.registry_management_port,
                  "opensearch_port": self.opensearch_port, "connect_port": self.connect_port,
-                 "secure_port": self.secure_port}
+                 "secure_port": self.secure_port, "secure_registry_port": self.secure_registry_port}
         for name, port in ports.items():
             if not 0 < port < 65536:
                 raise ConfigError(f"stack setting {name}: {port} is not a TCP port")
@@ -102,6 +104,7 @@ class StackSettings:
             opensearch_port=port("HDRLOG_STACK_OPENSEARCH_PORT", 9200),
             connect_port=port("HDRLOG_STACK_CONNECT_PORT", 8083),
             secure_port=port("HDRLOG_STACK_SECURE_PORT", 9094),
+            secure_registry_port=port("HDRLOG_STACK_SECURE_REGISTRY_PORT", 8444),
         )
 
     @property
@@ -117,6 +120,11 @@ class StackSettings:
     def registry_url(self) -> str:
         """The Confluent-compatible API, what confluent-kafka's SchemaRegistryClient expects."""
         return f"http://127.0.0.1:{self.registry_port}/apis/ccompat/v7"
+
+    @property
+    def secure_registry_url(self) -> str:
+        """The same registry over HTTPS with basic auth (``up --secure``: tlsproxy.py)."""
+        return f"https://127.0.0.1:{self.secure_registry_port}/apis/ccompat/v7"
 
     @property
     def registry_management_url(self) -> str:
@@ -159,6 +167,7 @@ class StackStatus:
     registry_url: str
     opensearch: ComponentStatus | None = None  # optional services: shown when running
     connect: ComponentStatus | None = None
+    registry_tls: ComponentStatus | None = None  # up --secure: the registry over HTTPS with basic auth
     secure: str | None = None  # the SASL_SSL listener and where its CA and users are (up --secure)
 
     @property
@@ -168,10 +177,10 @@ class StackStatus:
 
     def render(self) -> str:
         lines = []
-        optional = [c for c in (self.opensearch, self.connect) if c is not None and c.running]
+        optional = [c for c in (self.registry_tls, self.opensearch, self.connect) if c is not None and c.running]
         for c in (self.kafka, self.registry, *optional):
             state = f"running (pid {c.pid})" if c.running else "stopped"
-            lines.append(f"{c.name:<10} {state:<20} {c.address:<24} log {c.log}")
+            lines.append(f"{c.name:<12} {state:<20} {c.address:<24} log {c.log}")
         lines.append(f"bootstrap servers: {self.bootstrap_servers}")
         lines.append(f"schema registry:   {self.registry_url}")
         if self.secure is not None:
@@ -195,6 +204,7 @@ class _Layout:
     connect_log4j2: Path
     connect_offsets: Path
     opensearch: Path  # the distribution, its data and logs (opensearch.home_root)
+    registry_tls_conf: Path  # nginx's configuration (tlsproxy.py)
 
     @classmethod
     def of(cls, s: StackSettings) -> _Layout:
@@ -207,7 +217,8 @@ class _Layout:
                    connect_libs=root / f"connect-{s.kafka_version}-libs",
                    connect_properties=root / "connect-worker.properties",
                    connect_log4j2=root / "connect-log4j2.properties", connect_offsets=root / "connect.offsets",
-                   opensearch=opensearch.home_root(root, s.opensearch_version))
+                   opensearch=opensearch.home_root(root, s.opensearch_version),
+                   registry_tls_conf=root / "registry-tls.nginx.conf")
 
 
 class LocalStack:
@@ -233,6 +244,8 @@ class LocalStack:
         self._connect_log = root / "connect.log"  # log4j2's; the JVM's own output goes to connect.out
         self._connect = Daemon("Kafka Connect", root / "connect.pid", root / "connect.out",
                                (connect.MAIN_CLASS, str(self._paths.connect_properties)))
+        self._registry_tls = Daemon("the registry's TLS proxy", root / "registry-tls.pid", root / "registry-tls.out",
+                                    ("-c", str(self._paths.registry_tls_conf)), retitled=True)
         self.secure_files = SecureFiles(root / "secure")
         self._secure_on = root / "secure" / "enabled"  # up --secure leaves it; every later start keeps the mode
 
@@ -249,8 +262,11 @@ class LocalStack:
                                        self._opensearch.log),
             connect=ComponentStatus("connect", self._connect.pid(), f"127.0.0.1:{s.connect_port}",
                                     self._connect_log),
-            secure=(f"SASL_SSL {s.secure_bootstrap_servers} (SCRAM-SHA-512, PLAIN; CA, client certificate and "
-                    f"users in {self.secure_files.root})") if self._secure_on.exists() else None)
+            registry_tls=ComponentStatus("registry-tls", self._registry_tls.pid(),
+                                         f"127.0.0.1:{s.secure_registry_port}", self._registry_tls.log),
+            secure=(f"SASL_SSL {s.secure_bootstrap_servers} (SCRAM-SHA-512, PLAIN), the registry at "
+                    f"{s.secure_registry_url} (basic auth); CA, client certificate and users in "
+                    f"{self.secure_files.root}") if self._secure_on.exists() else None)
 
     # -- up ------------------------------------------------------------------------
 
@@ -302,6 +318,11 @@ class LocalStack:
             self._wait(client.ready, registry_pid, "the schema registry", self._registry.log, (self._registry.log,),
                        deadline)
             client.set_compatibility(self.settings.compatibility)
+            if want_secure:
+                self._up_registry_tls(before, deadline)
+            elif before.registry_tls is not None and before.registry_tls.running:
+                self._say(f"stopping {self._registry_tls.name}")
+                self._registry_tls.stop(timeout)
             if with_opensearch:
                 self._up_opensearch(fetcher, before, deadline)
             if with_connect:
@@ -310,6 +331,24 @@ class LocalStack:
         if not before.running:
             self._say(f"up: Kafka at {after.bootstrap_servers}, registry at {after.registry_url}")
         return after
+
+    def _up_registry_tls(self, before: StackStatus, deadline: float) -> None:
+        s, p = self.settings, self._paths
+        pid = before.registry_tls.pid if before.registry_tls is not None else None
+        if pid is None:
+            self._free(s.secure_registry_port, self._registry_tls.name)
+            binary = tlsproxy.nginx()
+            (p.root / "registry-tls-tmp").mkdir(mode=0o700, exist_ok=True)
+            p.registry_tls_conf.write_text(tlsproxy.config(port=s.secure_registry_port,
+                                                           upstream_port=s.registry_port,
+                                                           files=self.secure_files, workdir=p.root))
+            _rotate(self._registry_tls.log)
+            self._say(f"starting the registry's TLS proxy (nginx) on {s.secure_registry_url}")
+            pid = self._registry_tls.start(tlsproxy.argv(binary, p.registry_tls_conf, p.root), env=os.environ,
+                                           cwd=p.root)
+        log = p.root / "registry-tls.log"
+        self._wait(tlsproxy.ProxyProbe(s.secure_registry_url, self.secure_files), pid, self._registry_tls.name,
+                   log, (self._registry_tls.log, log), deadline)
 
     def _up_opensearch(self, fetcher: Fetcher, before: StackStatus, deadline: float) -> None:
         s, p = self.settings, self._paths
@@ -430,7 +469,8 @@ class LocalStack:
         SIGKILL after ``timeout``."""
         with self._locked(time.monotonic() + timeout):
             st = self.status()
-            order = ((self._connect, st.connect is not None and st.connect.running),
+            order = ((self._registry_tls, st.registry_tls is not None and st.registry_tls.running),
+                     (self._connect, st.connect is not None and st.connect.running),
                      (self._opensearch, st.opensearch is not None and st.opensearch.running),
                      (self._registry, st.registry.running), (self._kafka, st.kafka.running))
             for daemon, running in order:

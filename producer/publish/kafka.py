@@ -68,7 +68,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from producer.buffer.base import Buffer, Outcome
-from producer.errors import BrokerError, HdrlogError
+from producer.errors import TLS_REFUSALS, BrokerError, HdrlogError
 from producer.publish.deadletter import DeadLetters
 from producer.records import Encoded, Source
 from producer.telemetry.events import Drop, Stat, Telemetry
@@ -114,9 +114,6 @@ def is_permanent(err: KafkaError) -> bool:
     return err.code() in PERMANENT
 
 
-#: what an ``_SSL`` error says when retrying cannot help: the certificate, or TLS spoken to plaintext
-TLS_REFUSALS = ("certificate", "wrong version number", "unknown protocol", "packet length too long")
-
 
 def connect_failure(servers: str, protocol: str, errors: list[KafkaError], exc: KafkaException) -> BrokerError:
     """Why a client (the agent's producer, the consumer) got no metadata: a refusal of its security
@@ -144,7 +141,7 @@ def refusal(err: KafkaError | None, servers: str) -> str | None:
     # is one too, and may come next time; not every _SSL is a certificate: a reset mid-handshake is one)
     if err.code() == KafkaError._AUTHENTICATION and "Authentication failed" in text:
         return f"Kafka at {servers} refused the credentials (sasl.username, sasl.password): {text}"
-    if err.code() == KafkaError._SSL and any(t in text for t in TLS_REFUSALS):
+    if err.code() == KafkaError._SSL and any(t in text.lower() for t in TLS_REFUSALS):
         return (f"the TLS handshake with Kafka at {servers} failed (ssl.ca.location, security.protocol): "
                 f"{text}")
     return None

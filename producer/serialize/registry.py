@@ -7,6 +7,8 @@ incompatible schema, a bad subject) are not and carry the registry's reason.
 from __future__ import annotations
 
 import json
+import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +18,7 @@ import httpx2
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from producer.errors import RegistryError
+from producer.errors import TLS_REFUSALS, RegistryError
 from producer.serialize.schemas import Subject
 
 #: what the registry client raises for the registry's own reasons: classified below; anything
@@ -24,19 +26,42 @@ from producer.serialize.schemas import Subject
 CLIENT_ERRORS = (SchemaRegistryError, httpx2.HTTPError, OSError, ValueError)
 
 
+def _answer_text(message: str) -> str:
+    """The registry's error message on one line: an HTML page (a proxy's, a gateway's) by its title."""
+    title = re.search(r"<title>(.*?)</title>", message, re.IGNORECASE | re.DOTALL)
+    text = title.group(1) if title else message
+    text = " ".join(text.split())
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _tls_refusal(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error under ``exc`` that retrying cannot mend (the certificate, TLS to a plaintext port)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) and any(t in str(seen).lower() for t in TLS_REFUSALS):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _classify(exc: Exception, url: str, what: str) -> RegistryError:
     if isinstance(exc, SchemaRegistryError):
         status = exc.http_status_code or 0
-        err = RegistryError(
-            f"schema registry at {url} refused {what}: {exc.error_message} (HTTP {status})",
-            retriable=status >= 500 or status in (408, 429),
-        )
+        answer = _answer_text(str(exc.error_message))
+        text = f"schema registry at {url} refused {what}: {answer} (HTTP {status})"
+        if status in (401, 403):
+            text += "; check registry.username and registry.password_file"
+        err = RegistryError(text, retriable=status >= 500 or status in (408, 429))
         err.status = status
         err.code = exc.error_code
         return err
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, ValueError):  # an answer that is not the registry's API (JSON, fields)
         return RegistryError(f"schema registry at {url} answered {what} with something unexpected: {reason}")
+    tls = _tls_refusal(exc)
+    if tls is not None:
+        return RegistryError(f"the TLS handshake with the schema registry at {url} failed (registry.properties "
+                             f"ssl.ca.location, the URL's scheme): {str(tls).splitlines()[0]}")
     return RegistryError(f"cannot reach schema registry at {url}: {reason}", retriable=True)
 
 
