@@ -3,7 +3,8 @@
 Real OpenSearch and Splunk nodes do not produce partial failures, 429s or
 HEC's ``invalid-event-number`` on demand; this server answers with the
 documented response bodies of those cases (the tests spell them out), so the
-sinks' handling of each is exercised over real HTTP.
+sinks' handling of each is exercised over real HTTP.  ``serve_raw`` answers any
+method with bytes as given (a registry that answers garbage).
 """
 
 from __future__ import annotations
@@ -48,6 +49,20 @@ class FakeServer:
 
 
 @contextmanager
+def _running(handler_class: type[BaseHTTPRequestHandler], state: FakeServer) -> Iterator[None]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@contextmanager
 def serve(handler: Handler) -> Iterator[FakeServer]:
     state = FakeServer("")
 
@@ -67,13 +82,34 @@ def serve(handler: Handler) -> Iterator[FakeServer]:
         def log_message(self, *_args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with _running(H, state):
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+
+
+RawHandler = Callable[[Request], tuple[int, str, bytes]]
+
+
+@contextmanager
+def serve_raw(handler: RawHandler) -> Iterator[FakeServer]:
+    """Every GET, POST and PUT answered with ``handler``'s (status, content type, body bytes)."""
+    state = FakeServer("")
+
+    class H(BaseHTTPRequestHandler):
+        def _any(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            req = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+            state.requests.append(req)
+            status, content_type, out = handler(req)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        do_GET = do_POST = do_PUT = _any  # noqa: N815 - the stdlib's names
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    with _running(H, state):
+        yield state

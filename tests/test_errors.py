@@ -47,6 +47,55 @@ def test_unreachable_registry(veth, stack) -> None:
         "hdrlog: error: cannot reach schema registry at http://127.0.0.1:9/apis/ccompat/v7")
 
 
+#: registries that answer what no registry should: (status, content type, body, retried, the error's words)
+HOSTILE_REGISTRY = {
+    "5xx JSON": (500, "application/json", b'{"error_code": 50001, "message": "storage is down"}', True,
+                 "refused registering {subject}: storage is down (HTTP 500)"),
+    "5xx HTML": (502, "text/html", b"<html><head><title>502 Bad Gateway</title></head><body>...</body></html>",
+                 True, "refused registering {subject}: 502 Bad Gateway (HTTP 502)"),
+    "not JSON": (200, "application/json", bytes(range(256)) * 4, False,
+                 "answered registering {subject} with something unexpected"),
+    "a list": (200, "application/json", b"[1, 2, 3]", False,
+               "answered registering {subject} with something unexpected: TypeError"),
+    "no id": (200, "application/json", b'{"unexpected": true}', False,
+              "answered registering {subject} with something unexpected: ValueError: the schema id is None"),
+    "a text id": (200, "application/json", b'{"id": "seven"}', False,
+                  "answered registering {subject} with something unexpected: ValueError: the schema id is 'seven'"),
+}
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("answer", list(HOSTILE_REGISTRY))
+def test_a_registry_that_answers_garbage_or_5xx(veth, stack, answer: str) -> None:
+    """One line naming what it answered, a bounded time, no traceback: 5xx is retried until the connect
+    timeout (the requests are counted), an answer of the wrong shape is not retried at all."""
+    import time
+
+    from tests.fake_http import serve_raw
+
+    status, content_type, body, retried, words = HOSTILE_REGISTRY[answer]
+    topic = f"hdrlog.test.hostile.{uuid.uuid4().hex[:8]}"
+    with serve_raw(lambda _req: (status, content_type, body)) as registry:
+        started = time.monotonic()
+        res = run_hdrlog("agent", "--iface", veth.host_if, "--schema-registry", f"{registry.url}/apis/ccompat/v7",
+                         "--connect-timeout", "3", "--bootstrap-servers", stack.bootstrap_servers,
+                         "--topic", topic, "--duration", "1", timeout=60)
+        took = time.monotonic() - started
+        posts = [r for r in registry.requests if r.method == "POST"]
+    line = _one_line_error(res)
+    assert res.returncode == 1
+    assert words.format(subject=f"{topic}-value") in line, line
+    assert line.startswith(f"hdrlog: error: schema registry at {registry.url}/apis/ccompat/v7 "), line
+    assert "capturing" not in res.stderr
+    if retried:
+        # (the registry client's own retries are off: every attempt is one request, and each retry says so)
+        assert len(posts) >= 2 and res.stderr.count("retrying in") == len(posts) - 1, res.stderr
+        assert took < 3 + 20
+    else:
+        assert len(posts) == 1, res.stderr
+        assert "retrying in" not in res.stderr and took < 20
+
+
 @pytest.mark.stack
 def test_unreachable_broker(veth, stack) -> None:
     res = run_hdrlog("agent", "--iface", veth.host_if, "--schema-registry", stack.registry_url,

@@ -6,7 +6,13 @@ and a client certificate (mTLS), or with PLAIN, the password read from a file,
 and the registry over HTTPS as its basic-auth user, that password read from a
 file too; the records arrive.  A wrong registry password, a CA that did not
 sign the registry's certificate and plain HTTP to its HTTPS port each stop the
-agent at start with a one-line error that says which.  A wrong password, a CA that did not sign the broker's
+agent at start with a one-line error that says which.  OAUTHBEARER is passed
+through to librdkafka (an unsigned token, which the stack's broker accepts).
+
+A broker that refuses, with ACLs: a topic the user may not write to is
+dead-lettered and counted, not retried; a topic it may not create stops the
+agent at start; a topic deleted under a running agent is waited for, nothing
+dropped.  A wrong password, a CA that did not sign the broker's
 certificate, and a plaintext client on the TLS port each stop the agent at
 start with a one-line error that says which, before any capture: the topic is
 never created, and the password appears nowhere in what the agent writes.
@@ -36,28 +42,34 @@ def _files(stack: Any) -> Any:
     return files
 
 
-def _config(tmp_path: Path, stack: Any, topic: str, *, user: str, mechanism: str, password: str,
+def _config(tmp_path: Path, stack: Any, topic: str, *, user: str, mechanism: str, password: str | None,
             protocol: str = "SASL_SSL", ca: Path | None = None, client_cert: bool = False,
             registry_password: str | None = None, registry_ca: Path | None = None,
-            registry_url: str | None = None) -> Path:
+            registry_url: str | None = None, kafka_extra: dict[str, str] | None = None) -> Path:
     """The agent's config for the secure listener, and for the registry over HTTPS as its basic-auth user
     (its own password unless ``registry_password`` is given)."""
     files = _files(stack)
     secret = tmp_path / "kafka-password"
-    secret.write_text(password + "\n")
-    secret.chmod(0o600)
+    if password is not None:
+        secret.write_text(password + "\n")
+        secret.chmod(0o600)
     registry_secret = tmp_path / "registry-password"
     registry_secret.write_text((files.registry_password() if registry_password is None else registry_password) + "\n")
     registry_secret.chmod(0o600)
     props = {"security.protocol": protocol, "sasl.mechanism": mechanism, "sasl.username": user,
              "ssl.ca.location": str(ca or files.ca)}
+    if mechanism == "OAUTHBEARER":  # an unsigned token naming the user, which the stack's broker believes
+        props = {"security.protocol": protocol, "sasl.mechanism": mechanism, "ssl.ca.location": str(ca or files.ca),
+                 "enable.sasl.oauthbearer.unsecure.jwt": "true", "sasl.oauthbearer.config": f"principal={user}"}
     if protocol == "PLAINTEXT":
         props = {"security.protocol": protocol}
     if client_cert:
         props |= {"ssl.certificate.location": str(files.client_cert), "ssl.key.location": str(files.client_key)}
+    props |= kafka_extra or {}
     cfg = tmp_path / "secure.toml"
     cfg.write_text(f'[kafka]\nbootstrap_servers = "{stack.secure_bootstrap_servers}"\ntopic = "{topic}"\n'
-                   f'sasl_password_file = "{secret}"\nconnect_timeout_s = 120\n[kafka.properties]\n'
+                   + (f'sasl_password_file = "{secret}"\n' if password is not None else "")
+                   + 'connect_timeout_s = 120\n[kafka.properties]\n'
                    + "".join(f'"{k}" = "{v}"\n' for k, v in props.items())
                    + f'[registry]\nurl = "{registry_url or stack.secure_registry_url}"\nusername = "{REGISTRY_USER}"\n'
                    f'password_file = "{registry_secret}"\n[registry.properties]\n'
@@ -71,11 +83,12 @@ def _topics(stack: Any) -> set[str]:
 
 
 @pytest.mark.parametrize(("user", "mechanism", "client_cert"), [(SCRAM_USER, "SCRAM-SHA-512", True),
-                                                                 (PLAIN_USER, "PLAIN", False)])
+                                                                 (PLAIN_USER, "PLAIN", False),
+                                                                 (SCRAM_USER, "OAUTHBEARER", False)])
 def test_the_agent_and_the_consumer_deliver_over_sasl_ssl(quiet_veth, stack, start_agent, udp_sinks, tmp_path: Path,
                                                           user: str, mechanism: str, client_cert: bool) -> None:
     udp_sinks(6800)
-    password = _files(stack).passwords()[user]
+    password = _files(stack).passwords()[user] if mechanism != "OAUTHBEARER" else None
     topic = f"hdrlog.test.secure.{uuid.uuid4().hex[:8]}"
     cfg = _config(tmp_path, stack, topic, user=user, mechanism=mechanism, password=password,
                   client_cert=client_cert)
@@ -86,7 +99,7 @@ def test_the_agent_and_the_consumer_deliver_over_sasl_ssl(quiet_veth, stack, sta
              "the records in Kafka")
     _out, err = agent.stop()
     assert agent.proc.returncode == 0, err
-    secrets = (password, _files(stack).registry_password())
+    secrets = tuple(x for x in (password, _files(stack).registry_password()) if x)
     assert not any(s in err for s in secrets)
     emitted = summary_of(err)["kernel"]["emitted"]
     # the consumer, over the same listener and registry with the same settings, reads every record back
@@ -195,3 +208,134 @@ def test_a_registry_refusal_stops_the_agent_with_a_clear_error(quiet_veth, stack
         assert wrong not in err
     if fault == "untrusted certificate":
         assert "certificate verify failed" in line, line
+
+
+# -- a broker that refuses: ACLs on the secure listener (the stack enforces them; tests deny) ---------------
+
+
+@pytest.fixture
+def deny(stack: Any) -> Any:
+    """``deny(topic, operation)``: an ACL denying the SCRAM user that operation on that topic (CREATE: on the
+    cluster too), made over the plaintext listener, whose user is a super user, and removed after the test."""
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap_servers})
+    made: list[Any] = []
+
+    def add(topic: str, operation: str) -> None:
+        # (CREATE is asked of the cluster first, and allowed for every topic there if it is allowed: both)
+        resources = [(ResourceType.TOPIC, topic)] + ([(ResourceType.BROKER, "kafka-cluster")]
+                                                      if operation == "CREATE" else [])
+        for kind, name in resources:
+            acl = AclBinding(kind, name, ResourcePatternType.LITERAL, f"User:{SCRAM_USER}", "*",
+                             AclOperation[operation], AclPermissionType.DENY)
+            for fut in admin.create_acls([acl]).values():
+                fut.result(30)
+            made.append(AclBindingFilter(kind, name, ResourcePatternType.LITERAL, f"User:{SCRAM_USER}", "*",
+                                         AclOperation[operation], AclPermissionType.DENY))
+
+    yield add
+    if made:
+        for fut in admin.delete_acls(made).values():
+            fut.result(30)
+
+
+def test_a_topic_the_user_may_not_write_to_is_dead_lettered_and_counted(quiet_veth, stack, start_agent, udp_sinks,
+                                                                        deny, tmp_path: Path) -> None:
+    """TOPIC_AUTHORIZATION_FAILED is a permanent refusal: each batch goes to the dead-letter file with the
+    broker's reason, counted, and is not retried; the agent keeps running, and the topic stays empty."""
+    from confluent_kafka.admin import NewTopic
+
+    udp_sinks(6810)
+    topic = f"hdrlog.test.denied.{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap_servers})
+    admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(30)
+    deny(topic, "WRITE")
+    cfg = _config(tmp_path, stack, topic, user=SCRAM_USER, mechanism="SCRAM-SHA-512",
+                  password=_files(stack).passwords()[SCRAM_USER])
+    state = tmp_path / "state"
+    agent = start_agent(quiet_veth.host_if, "--config", str(cfg), "--state-dir", str(state))
+    agent.wait_attached()
+    send_udp(quiet_veth, quiet_veth.host_ip, 6810, 200)
+    wait_for(lambda: (s := agent.status())["agent"]["dropped_dead_letter"] == s["kernel"]["emitted"] >= 200, 60,
+             "every record dead-lettered")
+    status = agent.status()
+    assert status["delivery"]["last_error"]["retriable"] is False
+    assert "authorization failed" in status["delivery"]["last_error"]["text"].lower()
+    _out, err = agent.stop()
+    assert agent.proc.returncode == 0, err
+    a = summary_of(err)["agent"]
+    assert a["delivered"] == 0 and a["requeued"] == 0 and a["delivery_retries"] == 0
+    assert a["dropped_dead_letter"] == a["drained"] == summary_of(err)["kernel"]["emitted"]
+    lines = [json.loads(x) for x in (state / "dead-letter.jsonl").read_text().splitlines()]
+    assert {x["error"] for x in lines} == {"TOPIC_AUTHORIZATION_FAILED"}
+    assert sum(x["records"] for x in lines) == a["dropped_dead_letter"]
+    assert "TOPIC_AUTHORIZATION_FAILED" in err or "authorization failed" in err.lower()  # logged
+    from tests.conftest import read_topic
+    assert read_topic(stack.bootstrap_servers, topic, settle_s=1.0) == []
+
+
+def test_a_topic_the_user_may_not_create_stops_the_agent_at_start(quiet_veth, stack, start_agent, deny,
+                                                                  tmp_path: Path) -> None:
+    """The agent's topic does not exist and the user may not create it: one line naming the topic and the
+    broker's reason, at once."""
+    topic = f"hdrlog.test.denied.{uuid.uuid4().hex[:8]}"
+    deny(topic, "CREATE")
+    cfg = _config(tmp_path, stack, topic, user=SCRAM_USER, mechanism="SCRAM-SHA-512",
+                  password=_files(stack).passwords()[SCRAM_USER])
+    line = _refused(start_agent, quiet_veth, stack, cfg, topic)
+    assert f"cannot create topic {topic}: " in line and "authoriz" in line.lower(), line
+
+
+def test_a_topic_deleted_while_the_agent_runs_is_waited_for_not_dropped(quiet_veth, stack, start_agent, udp_sinks,
+                                                                        tmp_path: Path) -> None:
+    """The agent's topic is deleted under it: the agent does not have it made again (the broker would give it
+    its default partitions), and librdkafka's unknown topic is retriable, so the records wait in the buffer
+    (the retries counted, the failure in the status), nothing is dropped; once the topic is back every record
+    of the outage is delivered into it."""
+    from confluent_kafka.admin import NewTopic
+
+    from tests.conftest import expand, read_topic
+
+    udp_sinks(6820, 6821)
+    topic = f"hdrlog.test.deleted.{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap_servers})
+    admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(30)
+    # (the deletion noticed within seconds: librdkafka waits up to 30 s by default)
+    cfg = _config(tmp_path, stack, topic, user=SCRAM_USER, mechanism="SCRAM-SHA-512",
+                  password=_files(stack).passwords()[SCRAM_USER],
+                  kafka_extra={"topic.metadata.refresh.interval.ms": "1000",
+                               "topic.metadata.propagation.max.ms": "2000"})
+    agent = start_agent(quiet_veth.host_if, "--config", str(cfg), "--state-dir", str(tmp_path / "state"))
+    agent.wait_attached()
+    send_udp(quiet_veth, quiet_veth.host_ip, 6820, 50)
+    wait_for(lambda: (s := agent.status())["agent"]["delivered"] == s["kernel"]["emitted"] >= 50, 60, "delivery")
+    before = agent.status()["agent"]["delivered"]
+    for fut in admin.delete_topics([topic]).values():
+        fut.result(30)
+    wait_for(lambda: topic not in _topics(stack), 30, "the topic gone")
+    send_udp(quiet_veth, quiet_veth.host_ip, 6821, 100)
+    outage = wait_for(lambda: (s := agent.status())["delivery"]["last_error"] and s, 60, "the failure reported")
+    assert outage["delivery"]["last_error"]["retriable"] is True, outage["delivery"]
+    assert "unknown" in outage["delivery"]["last_error"]["text"].lower(), outage["delivery"]  # topic or partition
+    wait_for(lambda: agent.status()["agent"]["delivery_retries"] >= 2, 60, "the records re-sent, again")
+    assert agent.status()["agent"]["delivered"] == before  # (nothing delivered where there is no topic)
+    assert topic not in _topics(stack)  # (nor was it made again)
+    admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(30)
+    wait_for(lambda: (s := agent.status())["agent"]["delivered"] == s["kernel"]["emitted"] >= 150, 120,
+             "every record delivered once the topic is back")
+    _out, err = agent.stop()
+    assert agent.proc.returncode == 0, err
+    a = summary_of(err)["agent"]
+    assert not any(v for k, v in a.items() if k.startswith("dropped_")), a
+    assert a["delivered"] == a["drained"] == summary_of(err)["kernel"]["emitted"]
+    records = expand(stack.registry_url, read_topic(stack.bootstrap_servers, topic))
+    # the new topic holds every datagram sent while it was gone (what came before went with the old one)
+    assert sum(1 for r in records if r["dst_port"] == 6821) == 100

@@ -23,6 +23,7 @@ is either in the sink or here.
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,6 +72,8 @@ class DeadLetters:
         for fut in futures.values():
             try:
                 fut.result(timeout=30)
+            except concurrent.futures.TimeoutError as exc:
+                raise BrokerError(f"cannot create the dead-letter topic {self.topic}: no answer in 30 s") from exc
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise BrokerError(f"cannot create the dead-letter topic {self.topic}: {exc.args[0].str()}") from exc

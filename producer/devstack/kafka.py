@@ -88,13 +88,24 @@ def server_properties(*, kafka_port: int, controller_port: int, data_dir: Path,
 
 def _secure_listener(files: SecureFiles) -> list[str]:
     """SCRAM-SHA-512 (users kept by the cluster: ``add_scram_users``) and PLAIN (users here) over TLS with
-    a PEM key store; a client certificate is requested and checked against the CA, not required."""
+    a PEM key store; a client certificate is requested and checked against the CA, not required.
+
+    OAUTHBEARER is there too with Kafka's *unsecured* JWT validator (any unsigned token is believed:
+    a development stand-in for an OIDC provider, so that librdkafka's OAUTHBEARER settings are tested
+    end to end).  ACLs are enforced (StandardAuthorizer): a resource without ACLs is open to all, the
+    plaintext and controller listeners' ANONYMOUS is a super user, and tests deny what they need denied.
+    """
     plain = " ".join(f'user_{u}="{p}"' for u, p in files.passwords().items() if u == PLAIN_USER)
     p = "listener.name.sasl_ssl."
     return [
-        f"{p}sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN",
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found=true",
+        "super.users=User:ANONYMOUS",
+        f"{p}sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN,OAUTHBEARER",
         f"{p}scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;",
         f"{p}plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required {plain};",
+        f"{p}oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule "
+        "required;",
         f"{p}ssl.keystore.type=PEM",
         f"{p}ssl.keystore.location={files.broker}",
         f"{p}ssl.truststore.type=PEM",

@@ -292,8 +292,8 @@ class LocalStack:
             if want_secure:
                 ensure_secure(self.secure_files.root)  # (made again if a file went missing)
             before = self.status()
-            if want_secure and before.kafka.running and not self._kafka_has_secure_listener():
-                self._say("restarting Kafka with its SASL_SSL listener")
+            if want_secure and before.kafka.running and not self._kafka_is_current():
+                self._say("restarting Kafka with its SASL_SSL listener as this version sets it up")
                 self._kafka.stop(timeout)
                 before = self.status()
             kafka_java, registry_java = self._preflight(before)
@@ -415,11 +415,17 @@ class LocalStack:
             21, prefer=s.java21, purpose=f"Apicurio Registry {s.apicurio_version}")
         return kafka_java, registry_java
 
-    def _kafka_has_secure_listener(self) -> bool:
-        """Whether the running Kafka was started with the SASL_SSL listener (its properties are written at
-        each start)."""
+    def _kafka_properties(self, secure: bool) -> str:
+        s, p = self.settings, self._paths
+        return kafka.server_properties(kafka_port=s.kafka_port, controller_port=s.controller_port,
+                                       data_dir=p.kafka_data,
+                                       secure=(s.secure_port, self.secure_files) if secure else None)
+
+    def _kafka_is_current(self) -> bool:
+        """Whether the running Kafka was started with the secure listener as it is set up now (its
+        properties are written at each start)."""
         try:
-            return "SASL_SSL://" in self._paths.kafka_properties.read_text()
+            return self._paths.kafka_properties.read_text() == self._kafka_properties(True)
         except OSError:
             return False
 
@@ -428,9 +434,7 @@ class LocalStack:
         fd = os.open(p.kafka_properties, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # PLAIN's passwords
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(kafka.server_properties(
-                kafka_port=s.kafka_port, controller_port=s.controller_port, data_dir=p.kafka_data,
-                secure=(s.secure_port, self.secure_files) if secure else None))
+            f.write(self._kafka_properties(secure))
         p.kafka_log4j2.write_text(kafka.log4j2_config(self._kafka_log))
         args = kafka.jvm_args(java, p.kafka_libs, p.kafka_log4j2)
         if not kafka.is_formatted(p.kafka_data):

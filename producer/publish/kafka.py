@@ -53,6 +53,7 @@ a disk buffer holds stays there for the next start (``Stat.LEFT_IN_BUFFER``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import socket
@@ -95,6 +96,9 @@ DEFAULTS: Mapping[str, Any] = {
     "partitioner": "murmur2_random",
     "message.timeout.ms": 120000,  # enforced by KafkaPublisher; librdkafka's own is set to 0 (infinite)
     "queue.buffering.max.kbytes": 32768,  # librdkafka's own queue; the buffer holds the rest
+    # the topics are created at start with their partitions (ensure_topic); one deleted later is waited for
+    # (an unknown topic is retriable), not made again by the broker with its default partition count
+    "allow.auto.create.topics": False,
 }
 
 #: delivery errors a retry cannot fix: the message goes to the dead-letter file
@@ -104,6 +108,9 @@ PERMANENT = frozenset({
     KafkaError.INVALID_RECORD, KafkaError.POLICY_VIOLATION, KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
     KafkaError.INVALID_REQUIRED_ACKS, KafkaError._INVALID_ARG, KafkaError.TOPIC_EXCEPTION,
 })
+#: the producer's settings an admin client (creating topics) takes too: where and how to connect
+ADMIN_KEYS = ("bootstrap.servers", "security.protocol", "ssl.", "sasl.", "client.id", "enable.sasl.", "enable.ssl.",
+              "https.", "broker.address.family", "socket.")
 MAX_BACKOFF_S = 30.0
 #: bytes of entries outstanding in librdkafka at most (a few batch messages' worth)
 WINDOW_BYTES = 4 << 20
@@ -287,11 +294,13 @@ class KafkaPublisher:
                               retriable=True) from exc
         if topic in meta.topics and not meta.topics[topic].error:
             return
-        keep = ("bootstrap.servers", "security.protocol", "ssl.", "sasl.", "client.id")
-        admin = AdminClient({k: v for k, v in self._conf.items() if k.startswith(keep)})
+        admin = AdminClient({k: v for k, v in self._conf.items() if k.startswith(ADMIN_KEYS)})
         fut = admin.create_topics([NewTopic(topic, num_partitions=partitions)])[topic]
         try:
             fut.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError as exc:
+            raise BrokerError(f"cannot create topic {topic}: Kafka at {self.bootstrap_servers} did not answer "
+                              f"in {timeout_s:g} s") from exc
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:

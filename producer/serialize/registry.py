@@ -6,7 +6,6 @@ incompatible schema, a bad subject) are not and carry the registry's reason.
 
 from __future__ import annotations
 
-import json
 import re
 import ssl
 from collections.abc import Mapping
@@ -21,9 +20,15 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from producer.errors import TLS_REFUSALS, RegistryError
 from producer.serialize.schemas import Subject
 
+#: the client's settings that it takes as numbers only (the config file's properties are strings)
+NUMERIC = frozenset({"timeout", "max.retries", "retries.wait.ms", "retries.max.wait.ms", "cache.capacity",
+                     "cache.latest.ttl.sec"})
+#: what the registry client raises for an answer of the wrong shape (not JSON, a list for an object, a
+#: missing or mistyped field): the client reads answers without checking them
+ANSWER_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
 #: what the registry client raises for the registry's own reasons: classified below; anything
 #: else is a bug and propagates (it must not be retried for the connect timeout)
-CLIENT_ERRORS = (SchemaRegistryError, httpx2.HTTPError, OSError, ValueError)
+CLIENT_ERRORS = (SchemaRegistryError, httpx2.HTTPError, OSError, *ANSWER_ERRORS)
 
 
 def _answer_text(message: str) -> str:
@@ -56,8 +61,9 @@ def _classify(exc: Exception, url: str, what: str) -> RegistryError:
         err.code = exc.error_code
         return err
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if isinstance(exc, ValueError):  # an answer that is not the registry's API (JSON, fields)
-        return RegistryError(f"schema registry at {url} answered {what} with something unexpected: {reason}")
+    if isinstance(exc, ANSWER_ERRORS):  # an answer that is not the registry's API (JSON, fields)
+        return RegistryError(f"schema registry at {url} answered {what} with something unexpected: "
+                             f"{type(exc).__name__}: {reason}")
     tls = _tls_refusal(exc)
     if tls is not None:
         return RegistryError(f"the TLS handshake with the schema registry at {url} failed (registry.properties "
@@ -69,8 +75,9 @@ class Registry:
     """A thin, error-classifying wrapper of confluent-kafka's SchemaRegistryClient."""
 
     def __init__(self, url: str, properties: Mapping[str, str] | None = None) -> None:
-        conf: dict[str, Any] = {"url": url, "timeout": 10}
-        conf.update(properties or {})
+        # the client's own retries off: retrying is the callers' one policy (producer/retry.py), in one place
+        conf: dict[str, Any] = {"url": url, "timeout": 10, "max.retries": 0}
+        conf.update({k: int(v) if k in NUMERIC and str(v).isdigit() else v for k, v in (properties or {}).items()})
         self.url = url
         self._props = dict(properties or {})
         try:
@@ -94,7 +101,7 @@ class Registry:
     def register(self, subject: str, schema_text: str) -> int:
         """Register (or find) the Avro schema under ``subject``; returns its id."""
         try:
-            return int(self._client.register_schema(subject, Schema(schema_text, "AVRO")))
+            return _schema_id(self._client.register_schema(subject, Schema(schema_text, "AVRO")))
         except CLIENT_ERRORS as exc:
             raise _classify(exc, self.url, f"registering {subject}") from exc
 
@@ -111,9 +118,10 @@ class Registry:
             raise _classify(exc, self.url, f"looking up {subject.name}") from exc
         except CLIENT_ERRORS as exc:
             raise _classify(exc, self.url, f"looking up {subject.name}") from exc
-        if found.schema_id is None:
-            raise RegistryError(f"the registry gave no id for {subject.name}")
-        return int(found.schema_id)
+        try:
+            return _schema_id(found.schema_id)
+        except ValueError as exc:
+            raise _classify(exc, self.url, f"looking up {subject.name}") from exc
 
     def check(self, subject: Subject) -> Compatibility:
         """Test ``subject.schema`` against the subject's latest version under the registry's rules."""
@@ -186,12 +194,16 @@ class Registry:
     def _json(self, r: httpx2.Response, path: str) -> Any:
         try:
             doc = r.json()
-        except json.JSONDecodeError:
-            doc = {}
+        except ValueError:
+            doc = None
         if r.status_code >= 400:
+            message = doc.get("message") if isinstance(doc, dict) else None
             raise RegistryError(f"schema registry at {self.url} refused {path}: "
-                                f"{doc.get('message', r.text[:200])} (HTTP {r.status_code})",
-                                retriable=r.status_code >= 500)
+                                f"{_answer_text(str(message or r.text))} (HTTP {r.status_code})",
+                                retriable=r.status_code >= 500 or r.status_code in (408, 429))
+        if doc is None:
+            raise RegistryError(f"schema registry at {self.url} answered {path} with something unexpected: "
+                                f"not JSON: {_answer_text(r.text)}")
         return doc
 
     def check_api(self) -> None:
@@ -203,9 +215,19 @@ class Registry:
 
     def schema_text(self, schema_id: int) -> str:
         try:
-            return str(self._client.get_schema(schema_id).schema_str)
+            text = self._client.get_schema(schema_id).schema_str
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"no schema text for id {schema_id}")
+            return text
         except CLIENT_ERRORS as exc:
             raise _classify(exc, self.url, f"schema id {schema_id}") from exc
+
+
+def _schema_id(value: Any) -> int:
+    """A schema id from an answer: a non-negative integer (ValueError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"the schema id is {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
