@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from producer.config import AgentConfig, Setting, load_config, settings
+from producer.config import AgentConfig, Setting, listen_address, load_config, settings
 from producer.errors import ConfigError, HdrlogError
 from producer.telemetry.logs import setup_logging
 
@@ -151,7 +151,9 @@ def _consume_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="HTTP sinks: retry what the server asks to retry (429, 5xx) for S seconds, then stop "
                    "without committing (default 300)")
     p.add_argument("--listen", default="off", metavar="HOST:PORT",
-                   help="serve Prometheus /metrics here (default off; 127.0.0.1:0 takes a free port)")
+                   help="serve Prometheus /metrics here (default off; 127.0.0.1:0 takes a free port; an address "
+                   "other hosts reach needs telemetry.token_file, from --config or HDRLOG_TOKEN_FILE, whose bearer "
+                   "token every request must carry; telemetry.tls_cert_file serves HTTPS)")
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="a status line on stderr: events/s, lag per partition (auto: when stderr is a terminal)")
 
@@ -339,7 +341,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from producer.consumer.runner import ConsumeOptions, Runner
     from producer.consumer.sinks.http import HttpOptions
     from producer.consumer.telemetry import ConsumerTelemetry, Progress, metrics_renderer, render_metrics
-    from producer.telemetry.server import TelemetryServer
+    from producer.telemetry.server import TelemetryServer, security_of
 
     cfg = load_config(args.config, os.environ, _overrides(args))
     for name in ("max_records", "file_max_bytes", "parquet_file_rows", "parquet_row_group_rows"):
@@ -376,12 +378,11 @@ def cmd_consume(args: argparse.Namespace) -> int:
     progress.enabled = args.progress == "on" or (args.progress == "auto" and progress.enabled)
     server = None
     if args.listen != "off":
-        host, _, port = args.listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"--listen {args.listen!r} is not HOST:PORT or off")
+        host, port = listen_address("--listen", args.listen, cfg.telemetry.token_file,
+                                    "anyone who reaches it could read the consumer's metrics")
         registry = metrics_renderer(tel)
-        server = TelemetryServer(host.strip("[]"), int(port), status=tel.snapshot,
-                                 metrics=lambda: render_metrics(registry))
+        server = TelemetryServer(host, port, status=tel.snapshot, metrics=lambda: render_metrics(registry),
+                                 security=security_of(cfg.telemetry))
         server.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

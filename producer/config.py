@@ -59,6 +59,17 @@ def _bad(key: str, why: str) -> ConfigError:
     return ConfigError(f"invalid value for {key}: {why}")
 
 
+def listen_address(key: str, listen: str, token_file: str, risk: str) -> tuple[str, int]:
+    """(host, port) of a HOST:PORT a local HTTP server listens on: an address other hosts reach needs a
+    bearer token (``telemetry.token_file``), or ConfigError naming ``key`` and the ``risk``."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise _bad(key, f"{listen!r} is not HOST:PORT or off")
+    if not token_file and not _loopback(host.strip("[]")):
+        raise _bad(key, f"{host} is reachable from other hosts: set telemetry.token_file too ({risk})")
+    return host.strip("[]"), int(port)
+
+
 def _at_least(section: str, obj: Any, one: tuple[str, ...] = (), zero: tuple[str, ...] = ()) -> None:
     for key in one:
         if getattr(obj, key) < 1:
@@ -337,12 +348,8 @@ class TelemetryConfig:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise _bad("telemetry.tls_cert_file", "tls_cert_file and tls_key_file go together")
         if self.listen != "off":
-            host, _, port = self.listen.rpartition(":")
-            if not host or not port.isdigit() or int(port) > 65535:
-                raise _bad("telemetry.listen", f"{self.listen!r} is not HOST:PORT or off")
-            if not self.token_file and not _loopback(host.strip("[]")):
-                raise _bad("telemetry.listen", f"{host} is reachable from other hosts: set telemetry.token_file "
-                           "too (anyone who reaches the server could read the status and post log events)")
+            listen_address("telemetry.listen", self.listen, self.token_file,
+                           "anyone who reaches the server could read the status and post log events")
 
     @property
     def address(self) -> tuple[str, int] | None:

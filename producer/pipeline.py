@@ -55,7 +55,7 @@ from producer.serialize.rows import RowEncoder
 from producer.serialize.schemas import AvroSchema, Subject, agent_subjects
 from producer.telemetry.events import IngestStat, Stat, Telemetry
 from producer.telemetry.metrics import Metrics
-from producer.telemetry.server import Ingest, ServerSecurity, TelemetryServer, tls_files
+from producer.telemetry.server import Ingest, TelemetryServer, security_of
 from producer.telemetry.stats import Send, StatsReporter
 from producer.telemetry.status import Status, StatusSources
 
@@ -251,10 +251,8 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
         address = cfg.telemetry.address
         if address is not None:
             metrics = Metrics(telemetry, program.counters)
-            t = cfg.telemetry
-            security = ServerSecurity(t.token(), tls_files(t.tls_cert_file, t.tls_key_file)
-                                      if t.tls_cert_file else None)
-            server = TelemetryServer(address[0], address[1], status, metrics.render, security=security,
+            server = TelemetryServer(address[0], address[1], status, metrics.render,
+                                     security=security_of(cfg.telemetry),
                                      ingest=None if ingest is None or parser is None else
                                      Ingest(ingest, telemetry, cfg.ingest.max_body_bytes,
                                             cfg.ingest.body_timeout_s, parser))

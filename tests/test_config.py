@@ -136,6 +136,33 @@ def test_the_sasl_password_comes_from_its_file_and_is_never_shown(tmp_path: Path
         load_config(None, {"HDRLOG_KAFKA_SASL_PASSWORD_FILE": str(secret)}).kafka.client_properties()
 
 
+def test_the_registry_password_comes_from_its_file_and_is_never_shown(tmp_path: Path) -> None:
+    secret = tmp_path / "registry-password"
+    secret.write_text("r3g-pass\n")
+    secret.chmod(0o600)
+    f = tmp_path / "agent.toml"
+    f.write_text(f'[registry]\nusername = "hdrlog"\npassword_file = "{secret}"\n'
+                 '[registry.properties]\n"ssl.ca.location" = "/etc/ca.pem"\n')
+    cfg = load_config(f, {})
+    assert cfg.registry.client_properties() == {"ssl.ca.location": "/etc/ca.pem",
+                                                "basic.auth.user.info": "hdrlog:r3g-pass"}
+    assert "r3g-pass" not in repr(cfg.masked())
+    for text, message in [
+        ('[registry]\nusername = "hdrlog"\n', "registry.password_file: registry.username and registry.password_file "
+                                              "go together"),
+        (f'[registry]\npassword_file = "{secret}"\n', "registry.username: registry.username and"),
+        (f'[registry]\nusername = "a:b"\npassword_file = "{secret}"\n', "registry.username: must not contain ':'"),
+        (f'[registry]\nusername = "u"\npassword_file = "{secret}"\n[registry.properties]\n'
+         '"basic.auth.user.info" = "u:p"\n', "set it or registry.properties basic.auth.user.info, not both"),
+    ]:
+        f.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(f, {})
+    with pytest.raises(ConfigError, match="registry.password_file: cannot read /nowhere: No such file"):
+        load_config(None, {"HDRLOG_REGISTRY_USERNAME": "u",
+                           "HDRLOG_REGISTRY_PASSWORD_FILE": "/nowhere"}).registry.client_properties()
+
+
 def test_fuzzed_config_files_give_one_line_errors_or_a_config(tmp_path: Path) -> None:
     """Random settings of every key (wrong types, absurd sizes, odd strings, unknown keys, broken
     TOML): load_config either returns a config or raises one ConfigError of one line naming the key or

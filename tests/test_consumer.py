@@ -276,6 +276,35 @@ def test_a_wrong_registry_path_stops_the_consumer_at_start(topics: dict[str, Top
         "for Apicurio the URL ends in /apis/ccompat/v7)")
 
 
+def test_metrics_off_loopback_need_the_bearer_token(topics: dict[str, Topic], stack: Any, tmp_path: Path) -> None:
+    """``--listen`` on an address other hosts reach is refused without ``telemetry.token_file``; with it,
+    /metrics answers 401 without the token and 200 with it."""
+    from tests.conftest import run_hdrlog
+
+    base = ("consume", "--topic", topics["record"].name, "--bootstrap-servers", stack.bootstrap_servers,
+            "--schema-registry", stack.registry_url, "--idle-timeout", "3", "--listen", "0.0.0.0:0")
+    res = run_hdrlog(*base)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip().splitlines()[-1] == (
+        "hdrlog: error: invalid value for --listen: 0.0.0.0 is reachable from other hosts: set "
+        "telemetry.token_file too (anyone who reaches it could read the consumer's metrics)")
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    token.chmod(0o600)
+    config = tmp_path / "consumer.toml"
+    config.write_text(f'[telemetry]\ntoken_file = "{token}"\n')
+    c = ConsumerProcess(stack, topics["record"].name, "--config", str(config), "--listen", "0.0.0.0:0",
+                        "--sink", f"file:{tmp_path / 'out'}")
+    try:
+        url = c.metrics_url()
+        assert httpx2.get(url, timeout=5).status_code == 401
+        ok = httpx2.get(url, timeout=5, headers={"Authorization": "Bearer s3cret-token"})
+        assert ok.status_code == 200 and "hdrlog_consumer_" in ok.text
+    finally:
+        c.kill(signal.SIGTERM)
+    assert "s3cret-token" not in c.stderr
+
+
 def test_sigkill_mid_stream_then_restart_leaves_one_document_per_record(
         topics: dict[str, Topic], stack: Any, tmp_path: Path) -> None:
     t = topics["record"]  # a message per record: many consume() rounds, commits between them

@@ -50,6 +50,7 @@ from granian.http import HTTP1Settings
 from granian.server import common as granian_common
 from granian.server.embed import Server
 
+from producer.config import TelemetryConfig
 from producer.errors import ConfigError, SerializationError
 from producer.ingest.parse import BodyError, Parsed, Shape
 from producer.ingest.stage import Answer, IngestStage, Pending, refusal
@@ -400,6 +401,11 @@ def _resolve(answered: list[Pending]) -> None:
 
 def _respond(proto: Any, status: int, body: dict[str, Any], headers: list[tuple[str, str]] | None = None) -> None:
     proto.response_bytes(status, [("content-type", JSON), *(headers or ())], orjson.dumps(body))
+
+
+def security_of(t: TelemetryConfig) -> ServerSecurity:
+    """The bearer token and TLS files ``[telemetry]`` gives a local server (ConfigError if unusable)."""
+    return ServerSecurity(t.token(), tls_files(t.tls_cert_file, t.tls_key_file) if t.tls_cert_file else None)
 
 
 def tls_files(cert_file: str, key_file: str) -> TlsFiles:
