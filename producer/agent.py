@@ -3,7 +3,8 @@
 It builds nothing (``pipeline.build`` does, from the config) and holds no
 global state; tests give it in-memory stages and a clock.
 
-    run:  start publisher, encoder, batcher, source threads -> attach hooks -> ready
+    run:  start publisher, encoder, batcher, source threads -> attach hooks -> give up privileges
+          (``after_attach``) -> watch for new links -> ready
           -> until stop / duration / a stage fails: serve SIGHUP reloads and periodic tasks
     stop: detach -> the source drains the rest and closes its channel -> each stage
           finishes its input and closes the next -> the publisher delivers until the
@@ -46,6 +47,7 @@ class Stage(Protocol):
 
 class HookLifecycle(Protocol):
     def attach_all(self) -> list[str]: ...
+    def watch(self) -> None: ...  # attach links that appear from now on (its thread starts here)
     def detach_all(self) -> None: ...
     @property
     def attached(self) -> list[str]: ...
@@ -75,6 +77,7 @@ class AgentParts:
     channels: Sequence[Channel[Any]]
     kernel_counters: Callable[[], dict[str, int]]
     reload: Callable[[], None] | None = None
+    after_attach: Callable[[], str] | None = None  # gives up privileges; says what is held now
     periodic: list[Periodic] = field(default_factory=list)
     resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -132,6 +135,9 @@ class Agent:
             threads.reverse()  # source first: the order they are joined in
             try:
                 p.hooks.attach_all()
+                if p.after_attach is not None:
+                    log.info("gave up what capturing no longer needs: %s", p.after_attach())
+                p.hooks.watch()  # (after: a thread inherits its starter's privileges)
                 self.ready.set()
                 self._wait(stop)
             finally:

@@ -306,6 +306,11 @@ def _stop_on_signals(stop: threading.Event, running: Callable[[], bool]) -> None
 def cmd_agent(args: argparse.Namespace) -> int:
     import os
 
+    from producer.privileges import no_new_privs
+
+    # before any thread (numpy's and pyarrow's start when they are imported): all of them inherit it
+    no_new_privs()
+
     from producer.agent import Agent
     from producer.pipeline import build
 

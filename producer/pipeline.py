@@ -14,6 +14,7 @@ Agent.run attaches.  Anything built before a failure is undone (ExitStack).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from producer.decode.convert import InterfaceNames, MonotonicToWall, RecordDecod
 from producer.errors import ConfigError, HdrlogError
 from producer.ingest.stage import IdempotencyKeys, IngestLimits, IngestStage, Pending
 from producer.ingest.workers import InlineParser, Parser, ParseWorkers, Setup
+from producer.privileges import code_directories, drop_after_attach, reclaim
 from producer.publish.deadletter import DeadLetters
 from producer.publish.kafka import WINDOW_BYTES, KafkaPublisher
 from producer.publish.sinks import Publisher, StreamPublisher
@@ -152,6 +154,9 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
     with resources:
         ifindexes = links.resolve(c.interfaces)
         check_privileges()
+        owned = (cfg.state_path, Pins.scope_of(c.pin_dir, cfg.state_path)) if c.pin_dir else (cfg.state_path,)
+        if cfg.user:
+            reclaim(owned)  # (handed to the user again once attached)
         telemetry = Telemetry()
         cancel = Cancel()
         identity = Identity(cfg.host_id, str(uuid.uuid4()))
@@ -270,7 +275,9 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
             hooks=hooks, source=source, stages=stages,
             publisher=publisher, buffer=buffer,
             telemetry=telemetry, cancel=cancel, detached=detached, channels=channels,
-            kernel_counters=program.counters, reload=reload, periodic=periodic, resources=resources.pop_all())
+            kernel_counters=program.counters, reload=reload, periodic=periodic, resources=resources.pop_all(),
+            after_attach=(functools.partial(drop_after_attach, cfg.user, owned, code_directories())
+                          if cfg.user else None))
         agent = Agent(parts, duration_s=cfg.duration_s, flush_timeout_s=cfg.kafka.flush_timeout_s)
         agent.report_extra = lambda: {"instance": identity.instance_id, "capture_id": capture_id,
                                       "schema_ids": schema_ids, "buffer": buffer.kind,

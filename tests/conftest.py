@@ -47,6 +47,25 @@ def wait_for(cond: Callable[[], Any], deadline_s: float, what: str, interval: fl
         time.sleep(interval)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_pins() -> Iterator[None]:
+    """The session's agents pin their captures under a directory of their own (HDRLOG_PIN_DIR), removed at
+    the end: a killed agent's pins, in a state directory's scope no later agent has, would otherwise keep
+    its ring buffer in the kernel's memory after the tests."""
+    import shutil
+
+    pins = Path(f"/sys/fs/bpf/hdrlog-tests-{os.getpid()}")
+    if "HDRLOG_PIN_DIR" in os.environ or not Path("/sys/fs/bpf").is_dir() or os.geteuid() != 0:
+        yield
+        return
+    os.environ["HDRLOG_PIN_DIR"] = str(pins)
+    try:
+        yield
+    finally:
+        del os.environ["HDRLOG_PIN_DIR"]
+        shutil.rmtree(pins, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def root_required() -> None:
     if os.geteuid() != 0:

@@ -10,7 +10,9 @@ exactly the documented set in every capability set."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +20,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, send_udp, summary_of
+from tests.conftest import ROOT, send_udp, summary_of, wait_for
 
 pytestmark = [pytest.mark.kernel]
 
 #: the documented set (deploy/README.md "The agent's privileges"), by capability number
 CAPS = {"net_admin": 12, "perfmon": 38, "bpf": 39}
 MASK = sum(1 << n for n in CAPS.values())
+#: what the agent starts with when it is to become its user once attached (deploy/README.md): the unit's
+DROP_CAPS = {**CAPS, "setgid": 6, "setuid": 7, "chown": 0}
+NET_ADMIN = 1 << CAPS["net_admin"]
 
 
 def _setpriv() -> list[str]:
@@ -62,9 +67,10 @@ def test_the_agent_captures_with_three_capabilities_and_no_more(quiet_veth: Any,
 def test_the_systemd_unit_verifies_and_grants_the_same_set(tmp_path: Path) -> None:
     unit = (ROOT / "deploy" / "hdrlog-agent.service").read_text()
     settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
-    documented = {f"CAP_{c.upper()}" for c in CAPS}
+    documented = {f"CAP_{c.upper()}" for c in DROP_CAPS}
     assert set(settings["AmbientCapabilities"].split()) == documented
     assert set(settings["CapabilityBoundingSet"].split()) == documented
+    assert settings["ExecStart"].endswith(" --user hdrlog") and "User" not in settings
     assert (settings["NoNewPrivileges"], settings["ProtectSystem"]) == ("yes", "strict")
     # systemd's own check, with the paths of this machine (it requires the commands to exist)
     local = unit.replace("/opt/hdrlog/.venv/bin/hdrlog", str(Path(sys.executable).parent / "hdrlog"))
@@ -73,3 +79,167 @@ def test_the_systemd_unit_verifies_and_grants_the_same_set(tmp_path: Path) -> No
     path.write_text(local)
     done = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
+
+
+
+def _setpriv_root(caps: dict[str, int]) -> list[str]:
+    """uid 0 without root's powers (noroot), holding ``caps``; leaving uid 0 clears capabilities as usual
+    (no no_setuid_fixup): that is what takes them from every thread but the main one."""
+    names = ",".join(f"+{c}" for c in caps)
+    return ["setpriv", "--no-new-privs", "--securebits=+noroot,+noroot_locked", f"--inh-caps=-all,{names}",
+            f"--ambient-caps={names}", f"--bounding-set=-all,{names}"]
+
+
+@pytest.fixture
+def open_dir() -> Any:
+    """A directory ``nobody`` can reach (pytest's temporary directories are root's alone), removed after."""
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="hdrlog-priv-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def checkout_readable_by_others() -> Any:
+    """The agent's code must be readable by the user it becomes (the README says so; the agent checks the
+    directories). Directories above the checkout that others cannot search are made searchable (o+x) for
+    the test and restored."""
+    from producer.privileges import _unreadable
+
+    changed: list[tuple[Path, int]] = []
+    for d in reversed([ROOT, *ROOT.parents]):
+        mode = d.stat().st_mode
+        if not mode & 0o001:
+            changed.append((d, mode))
+            d.chmod(mode | 0o001)
+    assert (ROOT / "producer" / "__init__.py").stat().st_mode & 0o004, "the checkout's files are not world-readable"
+    assert _unreadable(ROOT / "producer", 65534, 65534) is None
+    yield
+    for d, mode in changed:
+        d.chmod(mode & 0o7777)
+
+
+def _threads(pid: int) -> list[Any]:
+    from producer.privileges import threads
+
+    return threads(pid)
+
+
+def test_after_attaching_the_agent_becomes_its_user_with_only_net_admin(
+        root_required, stack, start_agent, udp_sinks, open_dir: Path, checkout_readable_by_others: None) -> None:
+    """Started as root with the three capabilities and the three it needs to change its user, the agent
+    attaches, then becomes ``nobody``: every thread (its stages', librdkafka's, the server's) runs as 65534
+    with no capability, but the main thread, which keeps CAP_NET_ADMIN, and none can gain one
+    (no_new_privs). Through its map descriptors it still drains, counts and takes a SIGHUP filter change;
+    its watcher attaches a link that appears afterwards; it delivers every record to Kafka, and at exit its
+    hooks and pins are gone."""
+    import uuid
+
+    from producer.netns import VethNamespace
+    from tests.conftest import expand, read_topic
+
+    tag = f"hlu{os.getpid() % 1000}"
+    first = VethNamespace(ns=f"{tag}-0", host_if=f"{tag}x0", peer_if=f"{tag}y0", host_ip="10.206.0.1",
+                          peer_ip="10.206.0.2")
+    later = VethNamespace(ns=f"{tag}-1", host_if=f"{tag}x1", peer_if=f"{tag}y1", host_ip="10.206.1.1",
+                          peer_ip="10.206.1.2")
+    udp_sinks(6310, 6311)
+    topic = f"hdrlog.test.user.{uuid.uuid4().hex[:8]}"
+    cfg = open_dir / "agent.toml"
+    cfg.write_text("[capture]\nsample_rate = 1\n")
+    cfg.chmod(0o644)  # (read again at SIGHUP, by nobody)
+    state = open_dir / "state"
+    first.create(quiet=True)
+    try:
+        agent = start_agent(f"{tag}x*", "--config", str(cfg), "--user", "nobody", "--state-dir", str(state),
+                            "--bootstrap-servers", stack.bootstrap_servers, "--schema-registry",
+                            stack.registry_url, "--topic", topic, "--buffer", "disk", prefix=_setpriv_root(DROP_CAPS))
+        agent.wait_attached()
+        wait_for(lambda: any(x["msg"].startswith("gave up what capturing no longer needs") for x in agent.log_lines()),
+                 30, "the privileges given up")
+        pid = agent.proc.pid
+        seen = _threads(pid)
+        assert len(seen) >= 5  # the stages', the server's, librdkafka's
+        assert {t.uids for t in seen} == {(65534,) * 4} and {t.gids for t in seen} == {(65534,) * 4}
+        assert all(t.no_new_privs for t in seen)
+        main = next(t for t in seen if t.tid == pid)
+        assert (main.effective, main.permitted, main.inheritable, main.ambient) == (NET_ADMIN, NET_ADMIN, 0, 0)
+        others = [(t.effective, t.permitted, t.ambient) for t in seen if t.tid != pid]
+        # nothing, but for the link watcher, started from the main thread after the drop: CAP_NET_ADMIN
+        # (the inheritable set they keep is setpriv's and grants nothing: exec under no_new_privs gives no more
+        # than the empty permitted set; producer/privileges.py)
+        assert sorted(others)[-1] == (NET_ADMIN, NET_ADMIN, 0) and sorted(others)[:-1] == [(0, 0, 0)] * (
+            len(others) - 1), [t for t in seen if t.tid != pid and (t.effective or t.permitted or t.ambient)]
+        assert stat_owner(state) == (65534, 65534)
+
+        send_udp(first, first.host_ip, 6310, 20)
+        # a filter change through the control maps, as nobody
+        cfg.write_text('[capture]\nsample_rate = 1\nports = ["6311"]\n')
+        agent.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any(x["msg"].startswith("applied filters") for x in agent.log_lines()), 10, "the reload")
+        send_udp(first, first.host_ip, 6310, 20)  # filtered out now
+        send_udp(first, first.host_ip, 6311, 30)
+        # a link that appears now is attached by the watcher, which inherited CAP_NET_ADMIN
+        later.create(quiet=True)
+        wait_for(lambda: f'"capturing on {later.host_if} (appeared later)"' in agent.stderr, 10, "the new link")
+        send_udp(later, later.host_ip, 6311, 15)
+        wait_for(lambda: (s := agent.status())["agent"]["delivered"] == s["kernel"]["emitted"] >= 65, 60,
+                 "every record delivered")
+        _out, err = agent.stop()
+        assert agent.proc.returncode == 0, err
+        hooks = subprocess.run(["tc", "filter", "show", "dev", first.host_if, "ingress"], capture_output=True,
+                               text=True, check=True).stdout
+        assert "hdrlog" not in hooks
+    finally:
+        first.destroy()
+        later.destroy()
+    s = summary_of(err)
+    a = s["agent"]
+    assert not any(v for k, v in a.items() if k.startswith("dropped_")), a
+    assert a["delivered"] == a["drained"] == s["kernel"]["emitted"]
+    assert s["kernel"]["filtered"] >= 20
+    records = expand(stack.registry_url, read_topic(stack.bootstrap_servers, topic))
+    ports = {(r["interface"], r["dst_port"]): 0 for r in records}
+    for r in records:
+        ports[(r["interface"], r["dst_port"])] += 1
+    assert {k: v for k, v in ports.items() if k[1] in (6310, 6311)} == {
+        (first.host_if, 6310): 20, (first.host_if, 6311): 30, (later.host_if, 6311): 15}
+    pins = Path(os.environ.get("HDRLOG_PIN_DIR", "/sys/fs/bpf/hdrlog"))
+    assert pins.is_dir() and not [p for p in pins.rglob(s["capture_id"])]  # its pins were removed at exit
+
+
+def stat_owner(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid
+
+
+def test_a_user_that_cannot_reach_its_state_directory_is_refused_at_start(root_required, start_agent,
+                                                                          quiet_veth, tmp_path: Path) -> None:
+    """pytest's temporary directories are root's (0700): ``nobody`` could not write its state there later,
+    so the agent says so, once attached and before running on, and stops."""
+    agent = start_agent(quiet_veth.host_if, "--stdout", "--user", "nobody", "--state-dir", str(tmp_path / "s"))
+    _out, err = agent.wait_exit(60)
+    assert agent.proc.returncode == 1, err
+    line = [x for x in err.splitlines() if x.startswith("hdrlog: error:")][-1]
+    assert line.startswith(f"hdrlog: error: user nobody could not reach {tmp_path / 's'}"), line
+
+
+def test_the_user_is_a_name_a_uid_or_uid_and_gid_never_root(open_dir: Path) -> None:
+    from producer.errors import PrivilegeError
+    from producer.privileges import _unreadable, resolve_user
+
+    assert resolve_user("nobody") == resolve_user("65534") == (65534, 65534)
+    assert resolve_user("4242") == (4242, 4242) and resolve_user("4242:77") == (4242, 77)  # no passwd entry
+    for bad, words in [("root", "is root"), ("0:5", "is root"), ("no-such-user", "no such user"),
+                       ("4242:staff", "must be a number")]:
+        with pytest.raises(PrivilegeError, match=words):
+            resolve_user(bad)
+    closed = open_dir / "closed"
+    (closed / "inner").mkdir(parents=True)
+    closed.chmod(0o700)
+    assert _unreadable(closed / "inner", 65534, 65534) == f"{closed} is mode 0700, owner 0:0"
+    closed.chmod(0o711)  # searchable: what is under it can be reached, not listed
+    assert _unreadable(closed / "inner", 65534, 65534) is None
+    assert _unreadable(closed, 65534, 65534, last=0o5) == f"{closed} is mode 0711, owner 0:0"

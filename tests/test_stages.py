@@ -540,6 +540,9 @@ class _Hooks:
     def attach_all(self) -> list[str]:
         return self.attached
 
+    def watch(self) -> None:
+        return None
+
     def detach_all(self) -> None:
         return None
 

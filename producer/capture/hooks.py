@@ -64,9 +64,12 @@ class Hooks:
         self._retire_stale()
         names = self.attached
         log.info("capturing on %s", ", ".join(names) or f"(none yet: waiting for {', '.join(self._patterns)})")
+        return names
+
+    def watch(self) -> None:
+        """Start attaching the links that appear (subscribed since ``attach_all``: none is missed)."""
         if self._watcher is not None:
             self._watcher.start()
-        return names
 
     def _retire_stale(self) -> None:
         """Remove the hooks of taken-over captures that are still attached anywhere in this namespace."""

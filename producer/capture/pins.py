@@ -150,9 +150,8 @@ class StaleCapture:
 
 class Pins:
     def __init__(self, pin_dir: str, state_dir: Path) -> None:
-        scope = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
         self.enabled = bool(pin_dir) and ensure_bpffs(Path(pin_dir))
-        self.scope_dir = Path(pin_dir) / scope
+        self.scope_dir = self.scope_of(pin_dir, state_dir)
         if self.enabled:
             try:  # (an agent without root may find the directory there but not its own in it)
                 self.scope_dir.mkdir(parents=True, exist_ok=True)
@@ -162,6 +161,11 @@ class Pins:
         self._locks_dir = state_dir / "captures"
         self._own: Path | None = None
         self._own_lock: IO[str] | None = None
+
+    @staticmethod
+    def scope_of(pin_dir: str, state_dir: Path) -> Path:
+        """Where the captures of agents with this state directory are pinned."""
+        return Path(pin_dir) / hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
 
     def _lock(self, capture_id: str) -> IO[str] | None:
         """The capture's lock if we could take it (nobody alive holds it), else None."""
@@ -234,6 +238,8 @@ class Pins:
         if self._own is not None:
             shutil.rmtree(self._own, ignore_errors=True)
             self._own = None
+            with contextlib.suppress(OSError):  # the scope too, when no other capture of it is left
+                self.scope_dir.rmdir()
         if self._own_lock is not None:
             self._own_lock.close()
             self._own_lock = None

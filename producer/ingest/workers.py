@@ -55,6 +55,7 @@ import orjson
 
 from producer.errors import HdrlogError, SerializationError
 from producer.ingest.parse import BodyError, Parsed, Shape, Values, parse
+from producer.privileges import capset, no_new_privs
 from producer.serialize.rows import Parts, RowEncoder
 from producer.serialize.schemas import AvroSchema
 
@@ -449,9 +450,10 @@ def _read_exactly(src: BinaryIO, n: int) -> bytes | None:
 
 
 def _drop_privileges(agent_pid: int) -> None:
-    """As root, become nobody; no capability, no way to gain one; die with the agent (``agent_pid``)."""
+    """As root, become nobody; no capability, no way to gain one; die with the agent (``agent_pid``).
+    (An agent that became its ``user`` starts workers as that user: they keep it.)"""
     libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig, pr_set_no_new_privs = 1, 38
+    pr_set_pdeathsig = 1
     if os.getuid() == 0:
         try:
             os.setgroups([])
@@ -464,20 +466,8 @@ def _drop_privileges(agent_pid: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
     if os.getppid() != agent_pid:  # the agent died before the line above
         os._exit(0)
-    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                    ("inheritable", ctypes.c_uint32)]
-
-    linux_capability_version_3 = 0x20080522
-    none = (Data * 2)()
-    if libc.capset(ctypes.byref(Header(linux_capability_version_3, 0)), none) != 0:
-        raise OSError(ctypes.get_errno(), f"capset: {os.strerror(ctypes.get_errno())}")
+    no_new_privs()
+    capset(effective=0, permitted=0, inheritable=0)
 
 
 def serve(src: BinaryIO, dst: BinaryIO) -> None:

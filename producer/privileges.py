@@ -1,0 +1,225 @@
+"""What the agent gives up: no_new_privs from the start, and its user and capabilities once attached.
+
+Loading and attaching need CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN.  What comes
+after does not: the ring buffers are mapped, and maps are read and updated
+through descriptors the agent already holds, which needs no capability (the
+kernel checks when a map or program is made, not when its descriptor is used).
+Only CAP_NET_ADMIN is still needed, on the main thread, to attach links that
+appear later (the watcher's thread is started from it after the drop) and to
+detach at exit.
+
+Capabilities and no_new_privs belong to each thread, and the agent has threads
+(its stages, the HTTP server, librdkafka's) before it attaches.  So:
+
+- ``no_new_privs`` is set at start, before any thread: every thread inherits
+  it, and nothing the agent runs can gain a privilege by exec (an inheritable
+  capability a thread keeps grants nothing: with no_new_privs, exec gives no
+  more than the thread's permitted set, which is empty).
+- ``drop_after_attach`` (with ``user``, started as root) becomes that user with
+  glibc's setresuid, which changes every thread: a thread that leaves uid 0
+  loses all its capabilities, except the main thread, which keeps them across
+  the change (PR_SET_KEEPCAPS) and then narrows them to CAP_NET_ADMIN.  It
+  checks every thread in /proc afterwards and refuses to go on if any holds more.
+
+The directories the agent writes later (state, pins) are handed to the user
+first.  Without ``user`` nothing changes after attach: a process cannot take
+capabilities from its other threads without changing its user.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import pwd
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from producer.errors import PrivilegeError
+
+log = logging.getLogger(__name__)
+
+CAP_NET_ADMIN = 12
+#: what the agent keeps after the drop, on its main thread only
+KEPT = 1 << CAP_NET_ADMIN
+_PR_SET_KEEPCAPS, _PR_SET_NO_NEW_PRIVS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 8, 38, 47, 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        raise PrivilegeError(f"{what} failed: {os.strerror(ctypes.get_errno())}")
+
+
+def capset(*, effective: int, permitted: int, inheritable: int = 0) -> None:
+    """The calling thread's three capability sets (64-bit masks)."""
+    data = (_Data * 2)()
+    for i, shift in enumerate((0, 32)):
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_libc().capset(ctypes.byref(_Header(_LINUX_CAPABILITY_VERSION_3, 0)), data), "capset")
+
+
+def no_new_privs() -> None:
+    """This thread and every thread and process it starts from now on can gain no privilege by exec."""
+    _check(_libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadCreds:
+    """One thread's ids and capability sets, from /proc."""
+
+    tid: int
+    uids: tuple[int, ...]
+    gids: tuple[int, ...]
+    effective: int
+    permitted: int
+    inheritable: int
+    ambient: int
+    no_new_privs: bool
+
+    @classmethod
+    def read(cls, status: Path) -> ThreadCreds:
+        status = status.resolve()  # (/proc/thread-self: its task directory, named by the thread id)
+        f = {k: v.strip() for k, _, v in (line.partition(":") for line in status.read_text().splitlines())}
+        return cls(int(status.parent.name), tuple(int(x) for x in f["Uid"].split()),
+                   tuple(int(x) for x in f["Gid"].split()), int(f["CapEff"], 16), int(f["CapPrm"], 16),
+                   int(f["CapInh"], 16), int(f["CapAmb"], 16), f.get("NoNewPrivs") == "1")
+
+
+def threads(pid: int | str = "self") -> list[ThreadCreds]:
+    """Every thread of ``pid`` (one that exits meanwhile is skipped)."""
+    found = []
+    for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
+        try:
+            found.append(ThreadCreds.read(task / "status"))
+        except (OSError, KeyError, ValueError):
+            continue
+    return found
+
+
+def resolve_user(user: str) -> tuple[int, int]:
+    """(uid, gid) of a user name, a uid (its group: the user's, else the same number) or ``uid:gid``."""
+    name, _, group = user.partition(":")
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        uid, gid = entry.pw_uid, entry.pw_gid
+    except KeyError:
+        if not name.isdigit():
+            raise PrivilegeError(f"no such user: {name!r} (user)") from None
+        uid = gid = int(name)
+    if group:
+        if not group.isdigit():
+            raise PrivilegeError(f"user {user!r}: the group after ':' must be a number")
+        gid = int(group)
+    if uid == 0:
+        raise PrivilegeError(f"user {user!r} is root: nothing would be given up")
+    return uid, gid
+
+
+def code_directories() -> list[Path]:
+    """Where the agent's Python code comes from: this package, and every site-packages directory."""
+    import site
+    import sys
+
+    found = [Path(__file__).parent, *(Path(d) for d in site.getsitepackages() if Path(d).is_dir())]
+    return [p for p in dict.fromkeys(found) if str(p).startswith((sys.prefix, str(Path(__file__).parent)))]
+
+
+def reclaim(owned: Iterable[Path]) -> None:
+    """At start, as root: take back what an earlier run handed to its user (root without its powers, as
+    systemd's unit runs it, could not write there otherwise); ``drop_after_attach`` hands it over again."""
+    if os.getuid() != 0:
+        return
+    try:
+        for path in owned:
+            _chown_tree(path, 0, 0)
+    except OSError as exc:
+        raise PrivilegeError(f"taking back {exc.filename} from the agent's user: {exc.strerror}") from exc
+
+
+def _chown_tree(path: Path, uid: int, gid: int) -> None:
+    """``path`` and what is under it, without following links; a missing path is fine."""
+    if not path.exists():
+        return
+    os.chown(path, uid, gid, follow_symlinks=False)
+    for root, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+
+
+def _unreadable(path: Path, uid: int, gid: int, last: int = 0o5) -> str | None:
+    """Why ``uid``/``gid`` cannot search every directory above ``path`` and have ``last`` (read and search)
+    on ``path`` itself, or None."""
+    here = Path("/")
+    for part in (*path.resolve().parts[1:], None):
+        st = here.stat()
+        shift = 6 if st.st_uid == uid else 3 if st.st_gid == gid else 0
+        need = last if part is None else 0o1
+        if (st.st_mode >> shift) & need != need:
+            return f"{here} is mode {st.st_mode & 0o7777:04o}, owner {st.st_uid}:{st.st_gid}"
+        if part is None:
+            return None
+        here = here / part
+    return None  # pragma: no cover
+
+
+def drop_after_attach(user: str, owned: Iterable[Path], code: Iterable[Path] = ()) -> str:
+    """On the main thread, once attached: become ``user`` keeping only CAP_NET_ADMIN there and nothing on
+    the other threads (the module docstring); ``owned``: the directories the agent writes later; ``code``:
+    the directories its code is imported from, which the user must be able to read.
+    Returns what the agent holds now, for the log; a PrivilegeError if any step or the check fails."""
+    if os.getuid() != 0:
+        raise PrivilegeError(f"user is {user!r}, but the agent does not run as root (uid {os.getuid()}): "
+                             "start it as root with the capabilities it needs, or leave user empty")
+    uid, gid = resolve_user(user)
+    for path in code:  # (later imports, a parse worker started again: the user reads the agent's code)
+        why = _unreadable(path, uid, gid)
+        if why is not None:
+            raise PrivilegeError(f"user {user} could not read the agent's code in {path} ({why}): install it "
+                                 "where that user can read it, or leave user empty")
+    owned = [p for p in owned if p.exists()]
+    for path in owned:  # (handed over below, but the directories above stay as they are)
+        why = _unreadable(path.parent, uid, gid, last=0o1)
+        if why is not None:
+            raise PrivilegeError(f"user {user} could not reach {path} ({why}): choose a directory that user "
+                                 "can reach, or leave user empty")
+    try:
+        for path in owned:
+            _chown_tree(path, uid, gid)
+    except OSError as exc:
+        raise PrivilegeError(f"handing {exc.filename} to user {user}: {exc.strerror}") from exc
+    libc = _libc()
+    _check(libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
+    try:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)  # every thread (glibc); the others, without KEEPCAPS, lose every capability
+    except OSError as exc:
+        raise PrivilegeError(f"becoming user {user}: {exc.strerror}") from exc
+    _check(libc.prctl(_PR_SET_KEEPCAPS, 0, 0, 0, 0), "prctl(PR_SET_KEEPCAPS, 0)")
+    _check(libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+    main = ThreadCreds.read(Path("/proc/thread-self/status"))
+    kept = KEPT & main.permitted
+    capset(effective=kept, permitted=kept)
+    me = ThreadCreds.read(Path("/proc/thread-self/status"))
+    wrong = [t for t in threads() if set(t.uids) != {uid} or set(t.gids) != {gid} or not t.no_new_privs
+             or ((t.effective | t.permitted | t.inheritable | t.ambient) & ~KEPT if t.tid == me.tid
+                 else t.effective | t.permitted | t.ambient)]
+    if wrong:
+        raise PrivilegeError(f"after becoming user {user}, thread {wrong[0].tid} still holds more: {wrong[0]}")
+    return f"uid {uid}, gid {gid}; capabilities: CAP_NET_ADMIN on the main thread, none on the other threads"
