@@ -25,6 +25,7 @@ import os
 import socket
 import stat
 import tomllib
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -302,6 +303,8 @@ class RegistryConfig:
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
             raise _bad("registry.url", f"{self.url!r} is not an http(s) URL")
+        if "@" in urllib.parse.urlsplit(self.url).netloc:  # (the URL is shown in logs and errors; it is no secret)
+            raise _bad("registry.url", "holds credentials: give them as registry.username and registry.password_file")
         if bool(self.username) != bool(self.password_file):
             raise _bad("registry.username" if not self.username else "registry.password_file",
                        "registry.username and registry.password_file go together")

@@ -6,7 +6,8 @@ and a client certificate (mTLS), or with PLAIN, the password read from a file,
 and the registry over HTTPS as its basic-auth user, that password read from a
 file too; the records arrive.  A wrong registry password, a CA that did not
 sign the registry's certificate and plain HTTP to its HTTPS port each stop the
-agent at start with a one-line error that says which.  OAUTHBEARER is passed
+agent at start with a one-line error that says which; the consumer stops the
+same way for each of those and for a refused registry password.  OAUTHBEARER is passed
 through to librdkafka (an unsigned token, which the stack's broker accepts).
 
 A broker that refuses, with ACLs: a topic the user may not write to is
@@ -158,16 +159,35 @@ def test_plaintext_to_the_tls_port_stops_the_agent_with_a_clear_error(quiet_veth
         in line, line
 
 
-def test_the_consumer_refused_says_why(stack, tmp_path: Path) -> None:
-    """``hdrlog consume`` with a wrong password: one line, exit 1, the password nowhere."""
-    wrong = "not-" + _files(stack).passwords()[SCRAM_USER]
-    cfg = _config(tmp_path, stack, "hdrlog.headers", user=SCRAM_USER, mechanism="SCRAM-SHA-512", password=wrong)
-    done = run_hdrlog("--log-format", "json", "consume", "--config", str(cfg), "--schema-registry",
-                      stack.registry_url, "--format", "raw", "--idle-timeout", "5", timeout=120)
+@pytest.mark.parametrize("fault", ["wrong password", "untrusted certificate", "plaintext", "registry password"])
+def test_the_consumer_refused_says_why(stack, tmp_path: Path, fault: str) -> None:
+    """``hdrlog consume`` refused by the broker or the registry: one line saying which, exit 1, no secret."""
+    from cryptography.hazmat.primitives import serialization
+
+    files = _files(stack)
+    password = files.passwords()[SCRAM_USER]
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(make_ca("a CA that signed nothing here")[1].public_bytes(serialization.Encoding.PEM))
+    wrong = "not-" + password
+    cfg = _config(tmp_path, stack, "hdrlog.headers", user=SCRAM_USER, mechanism="SCRAM-SHA-512",
+                  password=wrong if fault == "wrong password" else password,
+                  ca=other if fault == "untrusted certificate" else None,
+                  protocol="PLAINTEXT" if fault == "plaintext" else "SASL_SSL",
+                  registry_password=wrong if fault == "registry password" else None)
+    done = run_hdrlog("--log-format", "json", "consume", "--config", str(cfg), "--format", "raw",
+                      "--idle-timeout", "5", timeout=120)
     assert done.returncode == 1, done.stderr
-    assert done.stderr.splitlines()[-1].startswith(
-        f"hdrlog: error: Kafka at {stack.secure_bootstrap_servers} refused the credentials"), done.stderr[-500:]
-    assert wrong not in done.stderr and done.stdout == ""
+    last = done.stderr.splitlines()[-1]
+    expected = {
+        "wrong password": f"hdrlog: error: Kafka at {stack.secure_bootstrap_servers} refused the credentials",
+        "untrusted certificate": f"hdrlog: error: the TLS handshake with Kafka at {stack.secure_bootstrap_servers} "
+                                 "failed",
+        "plaintext": f"hdrlog: error: Kafka at {stack.secure_bootstrap_servers} is a TLS listener, and "
+                     "security.protocol is PLAINTEXT",
+        "registry password": f"hdrlog: error: schema registry at {stack.secure_registry_url} refused ",
+    }[fault]
+    assert last.startswith(expected), done.stderr[-500:]
+    assert wrong not in done.stderr and password not in done.stderr and done.stdout == ""
     assert all(line.startswith(("{", "hdrlog: error:")) for line in done.stderr.splitlines())  # librdkafka's too
 
 
