@@ -200,10 +200,14 @@ def _stack_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     secure = p.add_mutually_exclusive_group()
     secure.add_argument("--secure", action="store_true", default=None,
                         help="also give Kafka a SASL_SSL listener on 127.0.0.1:9094 (HDRLOG_STACK_SECURE_PORT): "
-                        "SCRAM-SHA-512 and PLAIN over TLS, a client certificate optional; a CA, certificates "
-                        "and users are generated once under the stack directory's secure/. Kept until --no-secure")
+                        "SCRAM-SHA-512, PLAIN and (unsecured, for tests) OAUTHBEARER over TLS, a client "
+                        "certificate optional, ACLs enforced; and the registry over HTTPS with basic auth on "
+                        "127.0.0.1:8444 (HDRLOG_STACK_SECURE_REGISTRY_PORT; nginx in front of it). A CA, "
+                        "certificates and users are generated once under the stack directory's secure/. Kept "
+                        "until --no-secure")
     secure.add_argument("--no-secure", dest="secure", action="store_false",
-                        help="drop the SASL_SSL listener (Kafka restarts without it at its next start)")
+                        help="drop the SASL_SSL listener (Kafka restarts without it at its next start) and the "
+                        "registry's HTTPS proxy")
 
 
 def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -25,7 +25,6 @@ import os
 import socket
 import stat
 import tomllib
-import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -301,10 +300,10 @@ class RegistryConfig:
         env="HDRLOG_REGISTRY_PASSWORD_FILE", metavar="FILE"))
 
     def __post_init__(self) -> None:
+        if "@" in self.url:  # (the URL is shown in logs and errors: it is no place for a secret)
+            raise _bad("registry.url", "holds credentials: give them as registry.username and registry.password_file")
         if not self.url.startswith(("http://", "https://")):
             raise _bad("registry.url", f"{self.url!r} is not an http(s) URL")
-        if "@" in urllib.parse.urlsplit(self.url).netloc:  # (the URL is shown in logs and errors; it is no secret)
-            raise _bad("registry.url", "holds credentials: give them as registry.username and registry.password_file")
         if bool(self.username) != bool(self.password_file):
             raise _bad("registry.username" if not self.username else "registry.password_file",
                        "registry.username and registry.password_file go together")

@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from producer import abi
@@ -41,10 +42,10 @@ from producer.capture.source import KernelSource, Ring
 from producer.channel import Cancel, Channel
 from producer.config import AgentConfig, live_settings, reloadable
 from producer.decode.convert import InterfaceNames, MonotonicToWall, RecordDecoder
-from producer.errors import ConfigError, HdrlogError
+from producer.errors import ConfigError, HdrlogError, PrivilegeError
 from producer.ingest.stage import IdempotencyKeys, IngestLimits, IngestStage, Pending
 from producer.ingest.workers import InlineParser, Parser, ParseWorkers, Setup
-from producer.privileges import code_directories, drop_after_attach, reclaim
+from producer.privileges import check_user, code_directories, drop_after_attach, reclaim
 from producer.publish.deadletter import DeadLetters
 from producer.publish.kafka import WINDOW_BYTES, KafkaPublisher
 from producer.publish.sinks import Publisher, StreamPublisher
@@ -111,6 +112,20 @@ def _kafka(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Ide
     return publisher, encoder, ids, subjects
 
 
+def _give_up(cfg: AgentConfig, owned: tuple[Path, ...], program: CaptureProgram, control: CaptureControl) -> str:
+    """Become ``cfg.user`` once attached, then check that the maps still read and update through their
+    descriptors (on kernels before 5.19 an unprivileged process may not use bpf() at all)."""
+    held = drop_after_attach(cfg.user, owned, (cfg.state_path,), code_directories())
+    try:
+        program.counters()
+        control.apply(cfg.capture)  # (the same settings again: nothing changes, but it writes)
+    except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception
+        raise PrivilegeError(f"as user {cfg.user} the agent cannot use its BPF maps ({exc}): this kernel "
+                             "allows bpf() only with CAP_BPF (Linux before 5.19, kernel.unprivileged_bpf_"
+                             "disabled); leave user empty") from exc
+    return held
+
+
 def _ingest_topic(cfg: AgentConfig) -> str:
     """The LogEvent topic if the HTTP ingest runs: Kafka output and a server to take the requests."""
     return cfg.ingest.topic if not cfg.json_lines and cfg.telemetry.address is not None else ""
@@ -155,8 +170,10 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
         ifindexes = links.resolve(c.interfaces)
         check_privileges()
         owned = (cfg.state_path, Pins.scope_of(c.pin_dir, cfg.state_path)) if c.pin_dir else (cfg.state_path,)
-        if cfg.user:
-            reclaim(owned)  # (handed to the user again once attached)
+        if cfg.user:  # checked now, before anything is loaded; done once attached
+            cfg.state_path.mkdir(parents=True, exist_ok=True)
+            check_user(cfg.user, (cfg.state_path,), code_directories())
+            reclaim(owned)  # (what an earlier run handed to the user: handed to it again once attached)
         telemetry = Telemetry()
         cancel = Cancel()
         identity = Identity(cfg.host_id, str(uuid.uuid4()))
@@ -276,8 +293,7 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
             publisher=publisher, buffer=buffer,
             telemetry=telemetry, cancel=cancel, detached=detached, channels=channels,
             kernel_counters=program.counters, reload=reload, periodic=periodic, resources=resources.pop_all(),
-            after_attach=(functools.partial(drop_after_attach, cfg.user, owned, code_directories())
-                          if cfg.user else None))
+            after_attach=(functools.partial(_give_up, cfg, owned, program, control) if cfg.user else None))
         agent = Agent(parts, duration_s=cfg.duration_s, flush_timeout_s=cfg.kafka.flush_timeout_s)
         agent.report_extra = lambda: {"instance": identity.instance_id, "capture_id": capture_id,
                                       "schema_ids": schema_ids, "buffer": buffer.kind,

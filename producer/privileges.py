@@ -40,9 +40,11 @@ from producer.errors import PrivilegeError
 
 log = logging.getLogger(__name__)
 
-CAP_NET_ADMIN = 12
+CAP_CHOWN, CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN = 0, 6, 7, 12
 #: what the agent keeps after the drop, on its main thread only
 KEPT = 1 << CAP_NET_ADMIN
+#: what becoming the user takes (handing it the directories, then the ids)
+_NEEDED = {CAP_CHOWN: "CAP_CHOWN", CAP_SETGID: "CAP_SETGID", CAP_SETUID: "CAP_SETUID"}
 _PR_SET_KEEPCAPS, _PR_SET_NO_NEW_PRIVS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 8, 38, 47, 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -86,6 +88,7 @@ class ThreadCreds:
     tid: int
     uids: tuple[int, ...]
     gids: tuple[int, ...]
+    groups: tuple[int, ...]
     effective: int
     permitted: int
     inheritable: int
@@ -97,7 +100,8 @@ class ThreadCreds:
         status = status.resolve()  # (/proc/thread-self: its task directory, named by the thread id)
         f = {k: v.strip() for k, _, v in (line.partition(":") for line in status.read_text().splitlines())}
         return cls(int(status.parent.name), tuple(int(x) for x in f["Uid"].split()),
-                   tuple(int(x) for x in f["Gid"].split()), int(f["CapEff"], 16), int(f["CapPrm"], 16),
+                   tuple(int(x) for x in f["Gid"].split()), tuple(int(x) for x in f["Groups"].split()),
+                   int(f["CapEff"], 16), int(f["CapPrm"], 16),
                    int(f["CapInh"], 16), int(f["CapAmb"], 16), f.get("NoNewPrivs") == "1")
 
 
@@ -153,13 +157,14 @@ def reclaim(owned: Iterable[Path]) -> None:
 
 
 def _chown_tree(path: Path, uid: int, gid: int) -> None:
-    """``path`` and what is under it, without following links; a missing path is fine."""
+    """``path`` and what is under it, through directory descriptors and never following a link (the user
+    it was handed to may swap a directory for one meanwhile); a missing path is fine."""
     if not path.exists():
         return
     os.chown(path, uid, gid, follow_symlinks=False)
-    for root, dirs, files in os.walk(path):
+    for _root, dirs, files, root_fd in os.fwalk(path, follow_symlinks=False):
         for name in (*dirs, *files):
-            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+            os.chown(name, uid, gid, dir_fd=root_fd, follow_symlinks=False)
 
 
 def _unreadable(path: Path, uid: int, gid: int, last: int = 0o5) -> str | None:
@@ -178,26 +183,39 @@ def _unreadable(path: Path, uid: int, gid: int, last: int = 0o5) -> str | None:
     return None  # pragma: no cover
 
 
-def drop_after_attach(user: str, owned: Iterable[Path], code: Iterable[Path] = ()) -> str:
-    """On the main thread, once attached: become ``user`` keeping only CAP_NET_ADMIN there and nothing on
-    the other threads (the module docstring); ``owned``: the directories the agent writes later; ``code``:
-    the directories its code is imported from, which the user must be able to read.
-    Returns what the agent holds now, for the log; a PrivilegeError if any step or the check fails."""
+def check_user(user: str, reachable: Iterable[Path] = (), code: Iterable[Path] = ()) -> tuple[int, int]:
+    """(uid, gid) the agent can become once attached, or a PrivilegeError saying why not: it must run as
+    root holding CAP_CHOWN, CAP_SETGID and CAP_SETUID; ``user`` must reach the directories of
+    ``reachable`` (its state) and read those of ``code`` (later imports, a parse worker started again).
+    At start, before anything is loaded, and again at the drop."""
     if os.getuid() != 0:
         raise PrivilegeError(f"user is {user!r}, but the agent does not run as root (uid {os.getuid()}): "
                              "start it as root with the capabilities it needs, or leave user empty")
     uid, gid = resolve_user(user)
-    for path in code:  # (later imports, a parse worker started again: the user reads the agent's code)
+    effective = ThreadCreds.read(Path("/proc/thread-self/status")).effective
+    missing = [name for cap, name in _NEEDED.items() if not effective >> cap & 1]
+    if missing:
+        raise PrivilegeError(f"becoming user {user} once attached needs {', '.join(missing)} as well")
+    for path in code:
         why = _unreadable(path, uid, gid)
         if why is not None:
             raise PrivilegeError(f"user {user} could not read the agent's code in {path} ({why}): install it "
                                  "where that user can read it, or leave user empty")
-    owned = [p for p in owned if p.exists()]
-    for path in owned:  # (handed over below, but the directories above stay as they are)
+    for path in reachable:  # (handed over at the drop, but the directories above stay as they are)
         why = _unreadable(path.parent, uid, gid, last=0o1)
         if why is not None:
             raise PrivilegeError(f"user {user} could not reach {path} ({why}): choose a directory that user "
                                  "can reach, or leave user empty")
+    return uid, gid
+
+
+def drop_after_attach(user: str, owned: Iterable[Path], reachable: Iterable[Path] = (),
+                      code: Iterable[Path] = ()) -> str:
+    """On the main thread, once attached: become ``user`` keeping only CAP_NET_ADMIN there and nothing on
+    the other threads (the module docstring); ``owned``: the directories the agent writes later, handed to
+    the user (``reachable``, ``code``: ``check_user``).  Returns what the agent holds now, for the log; a
+    PrivilegeError if any step or the check of every thread fails."""
+    uid, gid = check_user(user, reachable, code)
     try:
         for path in owned:
             _chown_tree(path, uid, gid)
@@ -217,7 +235,7 @@ def drop_after_attach(user: str, owned: Iterable[Path], code: Iterable[Path] = (
     kept = KEPT & main.permitted
     capset(effective=kept, permitted=kept)
     me = ThreadCreds.read(Path("/proc/thread-self/status"))
-    wrong = [t for t in threads() if set(t.uids) != {uid} or set(t.gids) != {gid} or not t.no_new_privs
+    wrong = [t for t in threads() if set(t.uids) != {uid} or set(t.gids) != {gid} or t.groups or not t.no_new_privs
              or ((t.effective | t.permitted | t.inheritable | t.ambient) & ~KEPT if t.tid == me.tid
                  else t.effective | t.permitted | t.ambient)]
     if wrong:

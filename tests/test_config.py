@@ -154,6 +154,7 @@ def test_the_registry_password_comes_from_its_file_and_is_never_shown(tmp_path: 
         (f'[registry]\nusername = "a:b"\npassword_file = "{secret}"\n', "registry.username: must not contain ':'"),
         ('[registry]\nurl = "https://u:hunter2@registry:8081/apis/ccompat/v7"\n',
          "registry.url: holds credentials: give them as registry.username and registry.password_file"),
+        ('[registry]\nurl = "u:hunter2@registry:8081"\n', "registry.url: holds credentials: give them as"),
         (f'[registry]\nusername = "u"\npassword_file = "{secret}"\n[registry.properties]\n'
          '"basic.auth.user.info" = "u:p"\n', "set it or registry.properties basic.auth.user.info, not both"),
     ]:

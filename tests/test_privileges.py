@@ -127,14 +127,17 @@ def _threads(pid: int) -> list[Any]:
     return threads(pid)
 
 
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
 def test_after_attaching_the_agent_becomes_its_user_with_only_net_admin(
-        root_required, stack, start_agent, udp_sinks, open_dir: Path, checkout_readable_by_others: None) -> None:
+        root_required, stack, start_agent, udp_sinks, open_dir: Path, checkout_readable_by_others: None,
+        hook: str) -> None:
     """Started as root with the three capabilities and the three it needs to change its user, the agent
-    attaches, then becomes ``nobody``: every thread (its stages', librdkafka's, the server's) runs as 65534
-    with no capability, but the main thread, which keeps CAP_NET_ADMIN, and none can gain one
-    (no_new_privs). Through its map descriptors it still drains, counts and takes a SIGHUP filter change;
-    its watcher attaches a link that appears afterwards; it delivers every record to Kafka, and at exit its
-    hooks and pins are gone."""
+    attaches, then becomes uid 4242 (no passwd entry: a uid is enough): every thread (its stages',
+    librdkafka's, the server's) runs as 4242 with no capability, but the main thread, which keeps
+    CAP_NET_ADMIN, and none can gain one (no_new_privs). Through its map descriptors it still drains,
+    counts and takes a SIGHUP filter change; its watcher attaches a link that appears afterwards; it
+    delivers every record to Kafka. Its parse worker became nobody before, so the agent may no longer
+    signal it: it still exits cleanly, and its hooks (XDP ones found by program id) and pins are gone."""
     import uuid
 
     from producer.netns import VethNamespace
@@ -153,16 +156,21 @@ def test_after_attaching_the_agent_becomes_its_user_with_only_net_admin(
     state = open_dir / "state"
     first.create(quiet=True)
     try:
-        agent = start_agent(f"{tag}x*", "--config", str(cfg), "--user", "nobody", "--state-dir", str(state),
+        agent = start_agent(f"{tag}x*", "--config", str(cfg), "--user", "4242:4242", "--state-dir", str(state),
                             "--bootstrap-servers", stack.bootstrap_servers, "--schema-registry",
-                            stack.registry_url, "--topic", topic, "--buffer", "disk", prefix=_setpriv_root(DROP_CAPS))
+                            stack.registry_url, "--topic", topic, "--buffer", "disk", "--hook", hook,
+                            prefix=_setpriv_root(DROP_CAPS))
         agent.wait_attached()
         wait_for(lambda: any(x["msg"].startswith("gave up what capturing no longer needs") for x in agent.log_lines()),
                  30, "the privileges given up")
         pid = agent.proc.pid
         seen = _threads(pid)
         assert len(seen) >= 5  # the stages', the server's, librdkafka's
-        assert {t.uids for t in seen} == {(65534,) * 4} and {t.gids for t in seen} == {(65534,) * 4}
+        assert {t.uids for t in seen} == {(4242,) * 4} and {t.gids for t in seen} == {(4242,) * 4}
+        assert {t.groups for t in seen} == {()}
+        from producer.bench.ingest import worker_pids
+        workers = worker_pids(pid)
+        assert workers and all(_threads(w)[0].uids == (65534,) * 4 for w in workers)  # nobody, before the drop
         assert all(t.no_new_privs for t in seen)
         main = next(t for t in seen if t.tid == pid)
         assert (main.effective, main.permitted, main.inheritable, main.ambient) == (NET_ADMIN, NET_ADMIN, 0, 0)
@@ -172,7 +180,7 @@ def test_after_attaching_the_agent_becomes_its_user_with_only_net_admin(
         # than the empty permitted set; producer/privileges.py)
         assert sorted(others)[-1] == (NET_ADMIN, NET_ADMIN, 0) and sorted(others)[:-1] == [(0, 0, 0)] * (
             len(others) - 1), [t for t in seen if t.tid != pid and (t.effective or t.permitted or t.ambient)]
-        assert stat_owner(state) == (65534, 65534)
+        assert stat_owner(state) == (4242, 4242)
 
         send_udp(first, first.host_ip, 6310, 20)
         # a filter change through the control maps, as nobody
@@ -189,9 +197,12 @@ def test_after_attaching_the_agent_becomes_its_user_with_only_net_admin(
                  "every record delivered")
         _out, err = agent.stop()
         assert agent.proc.returncode == 0, err
-        hooks = subprocess.run(["tc", "filter", "show", "dev", first.host_if, "ingress"], capture_output=True,
-                               text=True, check=True).stdout
-        assert "hdrlog" not in hooks
+        for net in (first, later):
+            hooks = subprocess.run(["tc", "filter", "show", "dev", net.host_if, "ingress"], capture_output=True,
+                                   text=True, check=True).stdout
+            link = subprocess.run(["ip", "-j", "-d", "link", "show", "dev", net.host_if], capture_output=True,
+                                  text=True, check=True).stdout
+            assert "hdrlog" not in hooks and '"xdp"' not in link, (hooks, link)
     finally:
         first.destroy()
         later.destroy()
@@ -218,12 +229,25 @@ def stat_owner(path: Path) -> tuple[int, int]:
 def test_a_user_that_cannot_reach_its_state_directory_is_refused_at_start(root_required, start_agent,
                                                                           quiet_veth, tmp_path: Path) -> None:
     """pytest's temporary directories are root's (0700): ``nobody`` could not write its state there later,
-    so the agent says so, once attached and before running on, and stops."""
+    so the agent says so at start, before it loads anything, and stops."""
     agent = start_agent(quiet_veth.host_if, "--stdout", "--user", "nobody", "--state-dir", str(tmp_path / "s"))
     _out, err = agent.wait_exit(60)
     assert agent.proc.returncode == 1, err
     line = [x for x in err.splitlines() if x.startswith("hdrlog: error:")][-1]
     assert line.startswith(f"hdrlog: error: user nobody could not reach {tmp_path / 's'}"), line
+    assert "capturing" not in err
+
+
+def test_becoming_a_user_without_the_capabilities_for_it_is_refused_at_start(root_required, start_agent,
+                                                                             quiet_veth, open_dir: Path) -> None:
+    """With only the three capabilities capture needs, ``--user`` cannot be done: one line at start."""
+    agent = start_agent(quiet_veth.host_if, "--stdout", "--user", "nobody", "--state-dir", str(open_dir / "s"),
+                        prefix=_setpriv())
+    _out, err = agent.wait_exit(60)
+    assert agent.proc.returncode == 1, err
+    assert err.splitlines()[-1] == ("hdrlog: error: becoming user nobody once attached needs CAP_CHOWN, "
+                                    "CAP_SETGID, CAP_SETUID as well"), err[-400:]
+    assert "capturing" not in err
 
 
 def test_the_user_is_a_name_a_uid_or_uid_and_gid_never_root(open_dir: Path) -> None:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 
 from producer.capture import links, xdp
-from producer.capture.pins import StaleCapture
+from producer.capture.pins import StaleCapture, prog_id
 from producer.capture.program import CaptureProgram
 from producer.capture.tc import TcHooks
 from producer.config import CaptureConfig
@@ -83,7 +83,7 @@ class Hooks:
                         removed += gone
                         tc.drop_empty_clsact(idx)
             for name in xdp.links_running(ids):
-                removed += xdp.detach_ours(name)
+                removed += xdp.detach_ours(name, ids)
             if removed:
                 log.info("removed %d hook(s) of a killed agent's capture elsewhere", removed)
         for s in self._stale:
@@ -123,7 +123,7 @@ class Hooks:
             for name, idx in self._attached.items():
                 try:
                     if self._cfg.hook == "xdp":
-                        xdp.detach_ours(name)
+                        xdp.detach_ours(name, {prog_id(self._program.xdp().fd)})
                     else:
                         tc.remove_ours(idx)
                         tc.drop_empty_clsact(idx)

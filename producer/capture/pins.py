@@ -22,7 +22,9 @@ records of both runs reconcile.
 
 A clean exit unpins its own capture (it has drained everything).  Without a
 BPF file system at ``pin_dir`` (and no right to mount one) the agent warns and
-runs without this.
+runs without this.  Pins are removed through a descriptor of the scope directory
+opened at start: an agent that became its ``user`` may no longer pass through
+``pin_dir``'s parents (systemd mounts /sys/fs/bpf with mode 0700).
 """
 
 from __future__ import annotations
@@ -53,6 +55,23 @@ def _lib() -> Any:
     from bcc import libbcc  # the OS package python3-bpfcc
 
     return libbcc.lib
+
+
+def _remove_capture(scope_fd: int, name: str) -> None:
+    """Unpin one capture directory under the scope descriptor (its entries, then itself); what is gone
+    already, or cannot be removed, is left (the kernel frees nothing while a pin remains)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=scope_fd)
+    except OSError:
+        return
+    try:
+        for entry in os.listdir(fd):
+            with contextlib.suppress(OSError):
+                os.unlink(entry, dir_fd=fd)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(name, dir_fd=scope_fd)
 
 
 def _fdinfo(fd: int) -> dict[str, str]:
@@ -129,6 +148,7 @@ class StaleCapture:
 
     capture_id: str
     directory: Path
+    scope_fd: int  # its scope directory (our own descriptor of it: closed at release)
     ring_fd: int
     ring_size: int
     counters_fd: int
@@ -141,8 +161,8 @@ class StaleCapture:
 
     def release(self) -> None:
         """Done with it: unpin (the kernel frees it once our fds close), close, unlock."""
-        shutil.rmtree(self.directory, ignore_errors=True)
-        for fd in (self.ring_fd, self.counters_fd):
+        _remove_capture(self.scope_fd, self.capture_id)
+        for fd in (self.scope_fd, self.ring_fd, self.counters_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.lock.close()
@@ -161,6 +181,14 @@ class Pins:
         self._locks_dir = state_dir / "captures"
         self._own: Path | None = None
         self._own_lock: IO[str] | None = None
+        self._scope_fd: int | None = None
+        if self.enabled:
+            try:
+                self._scope_fd = os.open(self.scope_dir, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                log.warning("cannot use %s for pins (%s): no takeover after a restart", self.scope_dir,
+                            exc.strerror)
+                self.enabled = False
 
     @staticmethod
     def scope_of(pin_dir: str, state_dir: Path) -> Path:
@@ -191,7 +219,7 @@ class Pins:
 
     def stale(self, own_id: str) -> list[StaleCapture]:
         """The captures in our scope whose agents are gone, oldest first, each locked and opened."""
-        if not self.enabled or not self.scope_dir.is_dir():
+        if not self.enabled or self._scope_fd is None or not self.scope_dir.is_dir():
             return []
         found: list[tuple[float, StaleCapture]] = []
         for directory in self.scope_dir.iterdir():
@@ -201,7 +229,7 @@ class Pins:
             if lock is None:
                 continue  # a live agent with our state directory owns it
             try:
-                stale = self._open(directory, lock)
+                stale = self._open(directory, lock, self._scope_fd)
             except (CaptureError, OSError, KeyError, ValueError) as exc:
                 # unusable (a half-written directory, a map gone): it can never be drained; remove it
                 log.warning("removing an unusable stale capture %s: %s", directory.name, exc)
@@ -212,7 +240,7 @@ class Pins:
         return [s for _, s in sorted(found, key=lambda x: x[0])]
 
     @staticmethod
-    def _open(directory: Path, lock: IO[str]) -> StaleCapture:
+    def _open(directory: Path, lock: IO[str], scope_fd: int) -> StaleCapture:
         """Open one stale capture's pins; on any failure nothing opened is left open."""
         fds: list[int] = []
         try:
@@ -227,19 +255,23 @@ class Pins:
                     finally:
                         os.close(fd)
             size = int(_fdinfo(fds[0])["max_entries"])
+            fds.append(os.dup(scope_fd))
         except BaseException:
             for fd in fds:
                 os.close(fd)
             raise
-        return StaleCapture(directory.name, directory, fds[0], size, fds[1], ids, lock)
+        return StaleCapture(directory.name, directory, fds[2], fds[0], size, fds[1], ids, lock)
 
     def unpin_own(self) -> None:
         """A clean exit: our capture has been drained; nothing to take over."""
-        if self._own is not None:
-            shutil.rmtree(self._own, ignore_errors=True)
+        if self._own is not None and self._scope_fd is not None:
+            _remove_capture(self._scope_fd, self._own.name)
             self._own = None
-            with contextlib.suppress(OSError):  # the scope too, when no other capture of it is left
+            with contextlib.suppress(OSError):  # the scope too, when no other capture of it is left (and we may)
                 self.scope_dir.rmdir()
+        if self._scope_fd is not None:
+            os.close(self._scope_fd)
+            self._scope_fd = None
         if self._own_lock is not None:
             self._own_lock.close()
             self._own_lock = None

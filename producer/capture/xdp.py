@@ -67,10 +67,12 @@ def _bcc() -> Any:
     return BPF
 
 
-def detach_ours(ifname: str) -> bool:
-    """Remove our program from ``ifname``; True when one was there."""
+def detach_ours(ifname: str, prog_ids: set[int] | None = None) -> bool:
+    """Remove our program from ``ifname``; True when one was there.  Ours: one of ``prog_ids`` when given
+    (iproute2 shows a program's name only to a process with CAP_SYS_ADMIN, which an agent that became its
+    user has not; the id it always shows), else any named ``hdrlog_xdp`` (a killed agent's)."""
     found = attached(ifname)
-    if found is None or found.name != PROGRAM_NAME:
+    if found is None or not (found.prog_id in prog_ids if prog_ids else found.name == PROGRAM_NAME):
         return False
     try:
         _bcc().remove_xdp(ifname, _MODE_FLAGS.get(found.mode, 0))

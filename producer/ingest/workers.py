@@ -151,6 +151,7 @@ class _Worker:
         self._buf = bytearray()
         self._next_id = 0
         self._died_at = -RESPAWN_S
+        self._unkillable: int | None = None  # a worker the agent may not signal (see check)
         self._detaching = False
 
     def spawn(self) -> None:
@@ -299,9 +300,10 @@ class _Worker:
         with contextlib.suppress(subprocess.TimeoutExpired):
             code = proc.wait(timeout=0.5)  # the pipe closes as it exits: this is at once
         if code is None:
-            proc.kill()
-            code = proc.wait()
-        how = f"signal {-code}" if code < 0 else f"status {code}"
+            with contextlib.suppress(PermissionError):  # (see check: it ends itself)
+                proc.kill()
+                code = proc.wait()
+        how = "still exiting" if code is None else f"signal {-code}" if code < 0 else f"status {code}"
         log.warning("the parse worker (pid %d) died (%s) with %d requests in flight (answered 503); "
                     "it starts again at the next request", proc.pid, how, len(waiting))
         self._on_death()
@@ -309,13 +311,18 @@ class _Worker:
     def check(self, now: float) -> None:
         """On the event loop: a worker that has held a request for PARSE_TIMEOUT_S is stuck (a body no
         parse should take that long, or a stopped process): it is killed, and its requests fail."""
-        if not self._waiting or self._proc is None:
+        if not self._waiting or self._proc is None or self._proc.pid == self._unkillable:
             return
         _fut, sent = next(iter(self._waiting.values()))  # answers come in order: the first is the oldest
         if now - sent > PARSE_TIMEOUT_S:
             log.warning("the parse worker (pid %d) has not answered a request for %.0f s: killing it",
                         self._proc.pid, now - sent)
-            self._proc.kill()  # its pipe closes: _lost answers and counts
+            try:
+                self._proc.kill()  # its pipe closes: _lost answers and counts
+            except PermissionError:  # (a worker that became nobody, an agent that became its user since)
+                log.warning("not allowed to kill the parse worker (pid %d): it ends itself %d s after a "
+                            "request came", self._proc.pid, PARSE_TIMEOUT_S + 2)
+                self._unkillable = self._proc.pid
 
     def detach(self) -> None:
         """On the event loop, when it takes no more requests: close the pipes' transports (what is still
@@ -331,12 +338,15 @@ class _Worker:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        proc.terminate()
         try:
+            proc.terminate()
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        except PermissionError:  # (one that became nobody, for an agent that became its user): the end of
+            with contextlib.suppress(subprocess.TimeoutExpired):  # its input, below, stops it
+                proc.wait(timeout=0)
         for f in (proc.stdin, proc.stdout):  # closed already if the loop took them
             with contextlib.suppress(OSError):
                 if f is not None:
@@ -492,6 +502,9 @@ def serve(src: BinaryIO, dst: BinaryIO) -> None:
         if body is None:
             return
         events, kind = 0, PARTS
+        # its own deadline too: an agent that became another user may not be able to kill it (SIGALRM's
+        # default action ends the process, even inside C code); a little later than the agent's own check
+        signal.setitimer(signal.ITIMER_REAL, PARSE_TIMEOUT_S + 2)
         try:
             taken = take_body(body, "application/x-ndjson" if flags & NDJSON else "", Shape(flags & ~NDJSON),
                               received_ns, values, encoder)
@@ -504,6 +517,7 @@ def serve(src: BinaryIO, dst: BinaryIO) -> None:
         except Exception as exc:  # noqa: BLE001 - a bug: the agent answers 500 and logs it; the worker goes on
             log.exception("parsing a body failed")
             kind, out = FAILED, f"{type(exc).__name__}: {exc}".encode()
+        signal.setitimer(signal.ITIMER_REAL, 0)
         dst.write(ANSWER.pack(rid, kind, events, len(out)))
         dst.write(out)
         dst.flush()

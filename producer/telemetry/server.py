@@ -264,6 +264,7 @@ class TelemetryServer:
     def _sweep(self) -> None:
         """Every SWEEP_S, on the loop: cancel the body reads that are past their deadline; have the parse
         workers checked."""
+        self._loop.call_later(SWEEP_S, self._sweep)  # (first: nothing below may stop the sweeps)
         now = time.monotonic()
         for task, deadline in list(self._reads.items()):
             if deadline <= now and task not in self._late:
@@ -271,7 +272,6 @@ class TelemetryServer:
                 task.cancel()
         if self._ingest is not None:
             self._ingest.parser.check()  # a stuck parse worker is killed
-        self._loop.call_later(SWEEP_S, self._sweep)
 
     def _refused(self, proto: Any, reason: Refusal, text: str) -> None:
         """A refusal the handler gives before the stage sees the request (its events are not known)."""
