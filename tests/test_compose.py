@@ -115,7 +115,7 @@ def test_agent_environment(compose: dict[str, Any]) -> None:
     assert env["HDRLOG_IFACE"] == "eth0"
     assert env["HDRLOG_TOPIC"] == "hdrlog.headers"
     assert env["HDRLOG_BUFFER_TYPE"] == "disk"
-    assert env["HDRLOG_USER"] == "65534:65534"  # once attached (SETUID, SETGID, CHOWN serve only for that)
+    assert env["HDRLOG_USER"] == "65532:65532"  # once attached (SETUID, SETGID, CHOWN serve only for that)
     # host network: the agent reaches what kafka and registry publish on 127.0.0.1
     kafka_host = _published(compose["services"]["kafka"])
     registry_host = _published(compose["services"]["registry"])

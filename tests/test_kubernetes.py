@@ -38,7 +38,7 @@ def test_the_daemonset_has_capabilities_not_privilege() -> None:
     assert set(sc["capabilities"]["add"]) == _unit_caps() == {"BPF", "PERFMON", "NET_ADMIN", "SETUID", "SETGID",
                                                               "CHOWN"}
     env = {e["name"]: e.get("value") for e in agent["env"]}
-    assert env["HDRLOG_USER"] == "65534:65534"  # once attached, the three it no longer needs are given up
+    assert env["HDRLOG_USER"] == "65532:65532"  # once attached, the three it no longer needs are given up
     assert "privileged" not in pod.get("securityContext", {})
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert "hostPID" not in pod and "hostIPC" not in pod
