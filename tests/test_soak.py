@@ -148,6 +148,8 @@ def _soak(net: Any, stack: Any, start_agent: Any, tmp_path: Path, seconds: float
     summary = {"seconds": seconds, "records": k["emitted"], "unique_in_kafka": counts["unique"],
                "log_events": len(messages), "scrapes": sampler.scrapes,
                "rss_mib": (min(x[1] for x in warm), rss_before, rss_after),
+               "rss_lowest_at_s": round(min(warm, key=lambda x: x[1])[0]),
+               "rss_mib_each_minute": [round(x[1], 1) for x in sampler.samples[59::60]],
                "fds": (min(x[2] for x in warm), fds_before, max(x[2] for x in warm), fds_end),
                "retries": a["delivery_retries"]}
     assert rss_after <= rss_before + RSS_BOUND_MIB, summary
