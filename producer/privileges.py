@@ -29,7 +29,6 @@ capabilities from its other threads without changing its user.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import pwd
 from collections.abc import Iterable
@@ -37,8 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from producer.errors import PrivilegeError
-
-log = logging.getLogger(__name__)
 
 CAP_CHOWN, CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN = 0, 6, 7, 12
 #: what the agent keeps after the drop, on its main thread only

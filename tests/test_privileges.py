@@ -121,12 +121,6 @@ def checkout_readable_by_others() -> Any:
         d.chmod(mode & 0o7777)
 
 
-def _threads(pid: int) -> list[Any]:
-    from producer.privileges import threads
-
-    return threads(pid)
-
-
 @pytest.mark.parametrize("hook", ["tc", "xdp"])
 def test_after_attaching_the_agent_becomes_its_user_with_only_net_admin(
         root_required, stack, start_agent, udp_sinks, open_dir: Path, checkout_readable_by_others: None,
@@ -141,6 +135,7 @@ def test_after_attaching_the_agent_becomes_its_user_with_only_net_admin(
     import uuid
 
     from producer.netns import VethNamespace
+    from producer.privileges import threads
     from tests.conftest import expand, read_topic
 
     tag = f"hlu{os.getpid() % 1000}"
@@ -164,13 +159,13 @@ def test_after_attaching_the_agent_becomes_its_user_with_only_net_admin(
         wait_for(lambda: any(x["msg"].startswith("gave up what capturing no longer needs") for x in agent.log_lines()),
                  30, "the privileges given up")
         pid = agent.proc.pid
-        seen = _threads(pid)
+        seen = threads(pid)
         assert len(seen) >= 5  # the stages', the server's, librdkafka's
         assert {t.uids for t in seen} == {(4242,) * 4} and {t.gids for t in seen} == {(4242,) * 4}
         assert {t.groups for t in seen} == {()}
         from producer.bench.ingest import worker_pids
         workers = worker_pids(pid)
-        assert workers and all(_threads(w)[0].uids == (65534,) * 4 for w in workers)  # nobody, before the drop
+        assert workers and all(threads(w)[0].uids == (65534,) * 4 for w in workers)  # nobody, before the drop
         assert all(t.no_new_privs for t in seen)
         main = next(t for t in seen if t.tid == pid)
         assert (main.effective, main.permitted, main.inheritable, main.ambient) == (NET_ADMIN, NET_ADMIN, 0, 0)

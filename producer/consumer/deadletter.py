@@ -24,6 +24,7 @@ is either in the sink or here.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +38,9 @@ from producer.errors import BrokerError
 STAGES = {Poison.BAD_MAGIC: "VALUE_CONVERTER", Poison.UNKNOWN_SCHEMA: "VALUE_CONVERTER",
           Poison.WRONG_SCHEMA: "VALUE_CONVERTER", Poison.DECODE_ERROR: "VALUE_CONVERTER",
           Poison.MAPPING_ERROR: "TRANSFORMATION", Poison.SINK_REJECTED: "TASK_PUT"}
+
+
+log = logging.getLogger(__name__)
 
 
 def dlq_topic(topic: str) -> str:
@@ -53,7 +57,8 @@ class DeadLetters:
         # zstd and a large client-side limit: a dead letter is the original message (compressed by the
         # agent's producer) plus ~0.5 KB of headers; the broker's limit applies to the compressed batch
         self._conf = {**conf, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-                      "compression.type": "zstd", "message.max.bytes": 64 << 20}
+                      "compression.type": "zstd", "message.max.bytes": 64 << 20,
+                      "logger": log}  # librdkafka's lines as the consumer's own (JSON with --log-format json)
         self._made: Producer | None = None  # at the first dead letter: most runs never connect it
 
     @property

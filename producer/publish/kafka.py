@@ -121,7 +121,6 @@ def is_permanent(err: KafkaError) -> bool:
     return err.code() in PERMANENT
 
 
-
 def connect_failure(servers: str, protocol: str, errors: list[KafkaError], exc: KafkaException) -> BrokerError:
     """Why a client (the agent's producer, the consumer) got no metadata: a refusal of its security
     settings (``refusal``, or a plaintext client on a TLS listener: ``speaks_tls``), which retrying

@@ -49,15 +49,19 @@ def _tls_refusal(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
+def _refused(url: str, what: str, status: int, message: str) -> RegistryError:
+    """The registry answered ``status`` (an error): retriable for 5xx, 408 and 429."""
+    text = f"schema registry at {url} refused {what}: {_answer_text(message)} (HTTP {status})"
+    if status in (401, 403):
+        text += "; check registry.username and registry.password_file"
+    err = RegistryError(text, retriable=status >= 500 or status in (408, 429))
+    err.status = status
+    return err
+
+
 def _classify(exc: Exception, url: str, what: str) -> RegistryError:
     if isinstance(exc, SchemaRegistryError):
-        status = exc.http_status_code or 0
-        answer = _answer_text(str(exc.error_message))
-        text = f"schema registry at {url} refused {what}: {answer} (HTTP {status})"
-        if status in (401, 403):
-            text += "; check registry.username and registry.password_file"
-        err = RegistryError(text, retriable=status >= 500 or status in (408, 429))
-        err.status = status
+        err = _refused(url, what, exc.http_status_code or 0, str(exc.error_message))
         err.code = exc.error_code
         return err
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -198,9 +202,7 @@ class Registry:
             doc = None
         if r.status_code >= 400:
             message = doc.get("message") if isinstance(doc, dict) else None
-            raise RegistryError(f"schema registry at {self.url} refused {path}: "
-                                f"{_answer_text(str(message or r.text))} (HTTP {r.status_code})",
-                                retriable=r.status_code >= 500 or r.status_code in (408, 429))
+            raise _refused(self.url, path, r.status_code, str(message or r.text))
         if doc is None:
             raise RegistryError(f"schema registry at {self.url} answered {path} with something unexpected: "
                                 f"not JSON: {_answer_text(r.text)}")
