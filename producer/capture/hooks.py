@@ -7,13 +7,17 @@ never touched), attaches, and starts the netlink watcher for patterns.
 nothing else uses it); it never raises, it logs.
 
 With captures taken over from a killed agent (capture/pins.py), ``attach_all``
-then removes their hooks wherever else they still run (found by program id)
+then removes their hooks wherever else they still run (found by program id),
+waits until no run of their programs that began before can still be writing,
 and sets each one's ``closed``: from then on their ring buffers only empty.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import platform
 import threading
 from collections.abc import Sequence
 
@@ -26,6 +30,24 @@ from producer.decode.convert import InterfaceNames
 from producer.errors import HdrlogError
 
 log = logging.getLogger(__name__)
+
+#: membarrier(2)'s number, by machine; MEMBARRIER_CMD_GLOBAL
+_SYS_MEMBARRIER = {"x86_64": 324, "aarch64": 283}
+_MEMBARRIER_CMD_GLOBAL = 1
+
+
+def wait_for_running_programs() -> bool:
+    """Return once every BPF program run that began before now has ended; False if the kernel could not
+    say (then the final drain's bounded wait is all there is).  tc and XDP programs run inside RCU
+    read-side sections, and membarrier(MEMBARRIER_CMD_GLOBAL) returns after an RCU grace period."""
+    nr = _SYS_MEMBARRIER.get(platform.machine())
+    if nr is None:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(nr, _MEMBARRIER_CMD_GLOBAL, 0, 0) != 0:
+        log.debug("membarrier: %s", os.strerror(ctypes.get_errno()))
+        return False
+    return True
 
 
 class Hooks:
@@ -86,6 +108,8 @@ class Hooks:
                 removed += xdp.detach_ours(name, ids)
             if removed:
                 log.info("removed %d hook(s) of a killed agent's capture elsewhere", removed)
+        if self._stale:
+            wait_for_running_programs()  # a run of an old program that began before the swap has written
         for s in self._stale:
             s.closed.set()
 
@@ -101,19 +125,23 @@ class Hooks:
         log.info("capturing on %s (appeared later)", name)
 
     def _attach(self, tc: TcHooks, name: str, idx: int) -> None:
-        """Hook one link, replacing what a killed agent of ours left there."""
+        """Hook one link, taking the place of what a killed agent of ours left there without a gap: its
+        filter or XDP program is swapped for ours in one request; what cannot be swapped in place (a
+        hook of the other kind) is removed only once ours runs (make before break)."""
         cfg = self._cfg
-        stale = tc.remove_ours(idx)
+        stale = tc.ours(idx)
+        replaced = 0
         if cfg.hook == "xdp":
-            stale += xdp.detach_ours(name)
-        if stale:
-            log.warning("replaced %d stale hdrlog hook(s) on %s", stale, name)
-        if cfg.hook == "xdp":
-            mode = xdp.attach(name, self._program.xdp(), cfg.xdp_mode)
+            mode, swapped = xdp.attach(name, self._program.xdp(), cfg.xdp_mode)
+            replaced += swapped + sum(tc.remove(f) for f in stale)
             log.info("XDP (%s mode) on %s", mode, name)
         else:
-            tc.attach(idx, "ingress", self._program.ingress.fd, "hdrlog_ingress", cfg.tc_priority)
-            tc.attach(idx, "egress", self._program.egress.fd, "hdrlog_egress", cfg.tc_priority)
+            for hook, prog in (("ingress", self._program.ingress), ("egress", self._program.egress)):
+                old = [f for f in stale if f.hook == hook]
+                tc.attach(idx, hook, prog.fd, f"hdrlog_{hook}", cfg.tc_priority, replace=old[0] if old else None)
+                replaced += len(old[:1]) + sum(tc.remove(f) for f in old[1:])
+        if replaced:
+            log.warning("replaced %d stale hdrlog hook(s) on %s", replaced, name)
 
     def detach_all(self) -> None:
         if self._watcher is not None:

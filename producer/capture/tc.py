@@ -2,7 +2,10 @@
 
 Our filters are recognised by their BPF program name (``hdrlog_*``), so a
 filter left behind by a killed agent is found and replaced at the next start,
-and a detach removes exactly ours and nothing else.  The clsact qdisc is
+and a detach removes exactly ours and nothing else.  A replacement keeps the
+old filter's priority and handle and swaps its program in one netlink request
+(``RTM_NEWTFILTER`` with ``NLM_F_REPLACE``: cls_bpf exchanges the program under
+RCU), so every packet meets one program, the old or the new, never none.  The clsact qdisc is
 created when missing and removed on detach only when no filter at all is left
 on it (another tool's filters keep it).
 """
@@ -96,22 +99,30 @@ class TcHooks:
     def remove_ours(self, ifindex: int, prog_ids: set[int] | None = None) -> int:
         """Delete every hdrlog filter on the link (only those running ``prog_ids``, if given);
         returns how many were removed."""
-        removed = 0
-        for f in self.ours(ifindex):
-            if prog_ids is not None and f.prog_id not in prog_ids:
-                continue
-            try:
-                self._ipr.tc(
-                    "del-filter", "bpf", ifindex, f.handle,
-                    parent=_PARENT_TEXT[f.hook], prio=f.prio,
-                )
-                removed += 1
-            except NetlinkError as exc:
-                if exc.code != _ENOENT:
-                    raise _netlink_error(exc, f"removing tc filter on ifindex {ifindex}") from exc
-        return removed
+        return sum(self.remove(f) for f in self.ours(ifindex) if prog_ids is None or f.prog_id in prog_ids)
 
-    def attach(self, ifindex: int, hook: str, prog_fd: int, prog_name: str, prio: int) -> None:
+    def remove(self, f: TcFilter) -> bool:
+        """Delete one filter; False if it was gone already."""
+        try:
+            self._ipr.tc("del-filter", "bpf", f.ifindex, f.handle, parent=_PARENT_TEXT[f.hook], prio=f.prio)
+        except NetlinkError as exc:
+            if exc.code != _ENOENT:
+                raise _netlink_error(exc, f"removing tc filter on ifindex {f.ifindex}") from exc
+            return False
+        return True
+
+    def attach(self, ifindex: int, hook: str, prog_fd: int, prog_name: str, prio: int,
+               replace: TcFilter | None = None) -> None:
+        """Our program on ``hook``: a new filter at ``prio``, or in place of ``replace`` (same priority
+        and handle, one atomic swap)."""
+        if replace is not None:
+            try:
+                self._ipr.tc("replace-filter", "bpf", ifindex, replace.handle, fd=prog_fd, name=prog_name,
+                             parent=_PARENT_TEXT[hook], classid=1, direct_action=True, prio=replace.prio)
+                return
+            except NetlinkError as exc:
+                if exc.code != _ENOENT:  # (gone meanwhile: added below)
+                    raise _netlink_error(exc, f"replacing {replace.name} on ifindex {ifindex}") from exc
         try:
             self._ipr.tc("add", "clsact", ifindex)
         except NetlinkError as exc:
