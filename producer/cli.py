@@ -201,7 +201,9 @@ def _stack_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     secure.add_argument("--secure", action="store_true", default=None,
                         help="also give Kafka a SASL_SSL listener on 127.0.0.1:9094 (HDRLOG_STACK_SECURE_PORT): "
                         "SCRAM-SHA-512, PLAIN and (unsecured, for tests) OAUTHBEARER over TLS, a client "
-                        "certificate optional, ACLs enforced; and the registry over HTTPS with basic auth on "
+                        "certificate optional, ACLs enforced; an mTLS listener on 127.0.0.1:9095 "
+                        "(HDRLOG_STACK_MTLS_PORT) that requires a client certificate; and the registry over "
+                        "HTTPS with basic auth on "
                         "127.0.0.1:8444 (HDRLOG_STACK_SECURE_REGISTRY_PORT; nginx in front of it). A CA, "
                         "certificates and users are generated once under the stack directory's secure/. Kept "
                         "until --no-secure")

@@ -22,9 +22,11 @@ from producer.errors import HdrlogError
 # `rate` per second for `seconds` (steady traffic); prints how many.  Run inside the
 # namespace by VethNamespace.udp().
 _UDP_SENDER = """
-import socket, sys, time
+import signal, socket, sys, time
 dst, dport, sport, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 seconds, rate = float(sys.argv[5]), float(sys.argv[6])
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))  # ends the run early; the count stays exact
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("", sport))
 n = 0
@@ -34,7 +36,7 @@ if count:
     n = count
 elif rate:
     start = time.monotonic()
-    while time.monotonic() - start < seconds:
+    while time.monotonic() - start < seconds and not stop:
         due = int((time.monotonic() - start) * rate)
         while n < due:
             s.sendto(b"x" * 18, (dst, dport))
@@ -42,7 +44,7 @@ elif rate:
         time.sleep(0.005)
 else:
     end = time.time() + seconds
-    while time.time() < end:
+    while time.time() < end and not stop:
         for _ in range(1000):
             s.sendto(b"x" * 18, (dst, dport))
         n += 1000
@@ -120,7 +122,7 @@ class VethNamespace:
     def udp(self, dst: str, dport: int, *, count: int = 0, seconds: float = 0.0, rate: float = 0.0,
             sport: int = 0) -> subprocess.Popen[str]:
         """Start a UDP sender in the namespace (``count`` datagrams, a ``seconds`` flood, or ``rate``
-        per second for ``seconds``); it prints how many it sent."""
+        per second for ``seconds``); it prints how many it sent, also when SIGTERM ends it early."""
         return self.popen(["/usr/bin/python3", "-c", _UDP_SENDER, dst, str(dport), str(sport), str(count),
                            str(seconds), str(rate)])
 

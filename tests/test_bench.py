@@ -59,19 +59,46 @@ def test_update_section_replaces_only_the_bench_section(tmp_path: Path) -> None:
 
 
 def test_consumer_bench_table_marks_each_target(tmp_path: Path) -> None:
+    """Targets are judged on the whole process's CPU (start-up included), busy CPU only beside it."""
     from producer.bench.consumer import MARK_BEGIN, MARK_END, ConsumerReport, ConsumerRow, markdown
     from producer.bench.run import replace_between
 
     r = ConsumerReport("2026-11-30 04:00 UTC", "2 vCPUs", {"record": 1000, "batch": 1000})
-    r.rows = [ConsumerRow("ecs file", "batch", 1000, 0.01, 0.5, 1.0),             # 100k: met
-              ConsumerRow("ecs parquet", "batch", 1000, 0.01, 0.5, 1.0),          # 100k: not met
-              ConsumerRow("Kafka Connect FileStreamSink", "record", 1000, 0.02, 0.02, 1.0)]
-    r.scaling = {"one_member_per_cpu_s": 100, "two_members_per_cpu_s": [95, 91], "worst_ratio": 0.91}
+    # (name, shape, records, busy CPU s, process CPU s, wall s)
+    r.rows = [ConsumerRow("ecs file", "batch", 1000, 0.01, 0.01, 1.0),             # 100k: met
+              ConsumerRow("ecs parquet", "batch", 1000, 0.004, 0.01, 1.0),        # busy 250k, process 100k
+              ConsumerRow("ecs file", "record", 1000, 0.01, 0.1, 1.0),            # busy 100k, process 10k
+              ConsumerRow("Kafka Connect FileStreamSink", "record", 1000, 0.05, 0.05, 1.0)]  # 20k
+    r.scaling = {"one_member_per_cpu_s": 100, "two_members_per_cpu_s": [95, 89], "worst_ratio": 0.89}
     md = markdown(r)
-    assert "| ecs file | batch | 1,000 | 0.01 | 0.50 | 100,000 | ≥ 50,000: met; 2.00× Connect |" in md
-    assert "| ecs parquet | batch | 1,000 | 0.01 | 0.50 | 100,000 | ≥ 200,000: not met; 2.00× Connect |" in md
-    assert "the worse keeps 91% (target ≥ 90%)" in md
+    assert "| ecs file | batch | 1,000 | 0.01 | 100,000 | 0.01 | 100,000 | ≥ 50,000: met; 5.00× Connect |" in md
+    assert "| ecs parquet | batch | 1,000 | 0.01 | 100,000 | 0.00 | 250,000 | ≥ 200,000: NOT met; 5.00× Connect |" \
+        in md
+    assert ("| ecs file | record | 1,000 | 0.10 | 10,000 | 0.01 | 100,000 | ≥ 50,000: NOT met; 0.50× Connect: "
+            "NOT met |") in md
+    assert "the worse keeps 89% (target ≥ 90%: NOT met)" in md
     doc = tmp_path / "BENCHMARKS.md"
     doc.write_text(f"a\n{MARK_BEGIN}\nold\n{MARK_END}\nb\n")
     replace_between(doc, "\n" + md, MARK_BEGIN, MARK_END)
     assert doc.read_text() == f"a\n{MARK_BEGIN}\n{md}{MARK_END}\nb\n"
+
+
+def test_ingest_bench_verdicts_follow_its_targets() -> None:
+    """Each flat-out row is judged against TARGETS and P99_TARGET_MS, whatever they are set to."""
+    from producer.bench.ingest import P99_TARGET_MS, TARGETS, IngestRow, markdown
+
+    def row(name: str, events: int, p99: float) -> IngestRow:
+        per = 1 if name != "array" else 100
+        return IngestRow(name, per, 8, 10.0, events // per, events, {"202": events // per}, 1.0, p99, 1.0, 0.1)
+
+    single, array = TARGETS["single"] * 10, TARGETS["array"] * 10  # events in 10 s at exactly the target
+    assert row("single", single, P99_TARGET_MS - 0.1).verdict() == "met"
+    assert row("array", array, P99_TARGET_MS - 0.1).verdict() == "met"
+    assert row("single", single - 10, P99_TARGET_MS - 0.1).verdict().startswith("NOT met: ")
+    assert row("array", array - 10, 1.0).verdict() == \
+        f"NOT met: {TARGETS['array'] - 1:,} < {TARGETS['array']:,} events/s"
+    assert row("single", single, P99_TARGET_MS).verdict() == \
+        f"NOT met: p99 {P99_TARGET_MS:.1f} >= {P99_TARGET_MS:g} ms"
+    assert row("outage", 1000, 500.0).verdict() == "-"
+    md = markdown([row("single", single, 1.0), row("array", array - 10, 1.0)])
+    assert md.splitlines()[2].endswith("| met |") and "| NOT met: " in md.splitlines()[3]

@@ -9,6 +9,8 @@ of the consumer), and the sink must hold exactly those.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import re
 import signal
@@ -21,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import fastavro
 import httpx2
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from producer.consumer.deadletter import dlq_topic
-from producer.consumer.mapping import Origin, event_id, prune
+from producer.consumer.mapping import prune
 from producer.serialize.avro import frame_header
 from producer.serialize.registry import Registry
 from producer.serialize.schemas import AvroSchema
@@ -39,13 +42,39 @@ pytestmark = [pytest.mark.kernel, pytest.mark.stack]
 N_FLOOD = 40_000
 
 
+def expected_ids(registry_url: str, messages: list[Any]) -> list[str]:
+    """The event id of every record in ``messages``, in order, by the README's formula, decoded here with
+    fastavro alone (not the consumer's decoder): a message is 0x00, a 4-byte big-endian schema id, then
+    Avro; a HeaderBatch's records take its host_id and capture_id. The id is the first 32 hex digits of
+    SHA-256 over host_id NUL capture_id NUL capture_cpu NUL capture_seq."""
+    schemas: dict[int, Any] = {}
+    ids = []
+    for m in messages:
+        value = m.value()
+        assert value[0] == 0, value[:5]
+        sid = int.from_bytes(value[1:5], "big")
+        if sid not in schemas:
+            text = httpx2.get(f"{registry_url}/schemas/ids/{sid}", timeout=10).json()["schema"]
+            schemas[sid] = fastavro.parse_schema(json.loads(text))
+        datum = fastavro.schemaless_reader(io.BytesIO(value[5:]), schemas[sid])
+        if schemas[sid]["name"].endswith("HeaderBatch"):
+            records = [{"host_id": datum["host_id"], "capture_id": datum["capture_id"], **r} for r in datum["records"]]
+        else:
+            records = [datum]
+        for r in records:
+            key = f"{r['host_id']}\x00{r['capture_id']}\x00{r['capture_cpu']}\x00{r['capture_seq']}"
+            ids.append(hashlib.sha256(key.encode()).hexdigest()[:32])
+    return ids
+
+
 class Topic:
-    def __init__(self, name: str, messages: list[Any], records: list[dict[str, Any]], delivered: int) -> None:
+    def __init__(self, name: str, messages: list[Any], records: list[dict[str, Any]], delivered: int,
+                 ids: list[str]) -> None:
         self.name = name
         self.messages = messages
         self.records = records
         self.delivered = delivered
-        self.ids = [event_id(r, Origin(name, r["_partition"], r["_offset"]), 0) for r in records]
+        self.ids = ids
 
 
 def _agent_run(stack: Any, net: Any, shape: str, flood: int, state: Path) -> Topic:
@@ -72,7 +101,9 @@ def _agent_run(stack: Any, net: Any, shape: str, flood: int, state: Path) -> Top
     msgs = read_topic(stack.bootstrap_servers, topic)
     records = expand(stack.registry_url, msgs)
     assert len(records) == a["delivered"]
-    return Topic(topic, msgs, records, a["delivered"])
+    ids = expected_ids(stack.registry_url, msgs)
+    assert len(ids) == len(set(ids)) == a["delivered"]
+    return Topic(topic, msgs, records, a["delivered"], ids)
 
 
 @pytest.fixture(scope="module")

@@ -190,7 +190,7 @@ def test_status_reports_both_running_and_listening_on_loopback_only(stack: Stack
 
     listeners = _tcp_listeners()
     owners = {stack.kafka_port: st.kafka.pid, stack.controller_port: st.kafka.pid,
-              stack.secure_port: st.kafka.pid,  # the session's stack is up --secure (conftest)
+              stack.secure_port: st.kafka.pid, stack.mtls_port: st.kafka.pid,  # up --secure (conftest)
               stack.registry_port: st.registry.pid, stack.registry_management_port: st.registry.pid,
               stack.secure_registry_port: st.registry_tls.pid if st.registry_tls is not None else None}
     assert st.secure is not None and stack.secure_bootstrap_servers in text and stack.secure_registry_url in text

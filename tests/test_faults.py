@@ -2,9 +2,10 @@
 
 While datagrams cross a veth pair at a steady rate the broker is SIGKILLed and
 restarted, then SIGSTOPped for longer than the (test-shortened)
-``message.timeout.ms`` and resumed, and the registry is killed.  With a disk
-buffer every record the kernel emitted is in Kafka, unique by identity, and
-nothing is dropped.  With a small memory buffer that drops the newest when full,
+``message.timeout.ms`` and resumed, and the registry is killed, in either
+message shape (a batch per message, or a record per message, re-sent one by
+one).  With a disk buffer every datagram the sender sent is in Kafka, unique by
+identity, and nothing is dropped.  With a small memory buffer that drops the newest when full,
 what is missing from Kafka equals the drop counters exactly.  /api/v1/status
 reports each outage while it happens.
 
@@ -37,14 +38,15 @@ def _states(agent: Any, seen: set[str]) -> str:
     return state
 
 
-def _run(net: Any, stack: Any, start_agent: Any, tmp_path: Path, buffer: str, rate: int, calm_s: float) -> None:
-    topic = f"hdrlog.test.faults.{buffer}.{uuid.uuid4().hex[:8]}"
+def _run(net: Any, stack: Any, start_agent: Any, tmp_path: Path, buffer: str, shape: str, rate: int,
+         calm_s: float) -> None:
+    topic = f"hdrlog.test.faults.{buffer}.{shape}.{uuid.uuid4().hex[:8]}"
     cfg = tmp_path / "agent.toml"
     extra = "" if buffer == "disk" else 'when_full = "drop_newest"\nmax_bytes = 262144\n'
     cfg.write_text(f'[buffer]\ntype = "{buffer}"\n{extra}[kafka]\nretry_backoff_s = 0.5\nflush_timeout_s = 30\n'
                    f'[kafka.properties]\n"message.timeout.ms" = "{TIMEOUT_MS}"\n')
     agent = start_agent(net.host_if, "--config", str(cfg), "--bootstrap-servers", stack.bootstrap_servers,
-                        "--schema-registry", stack.registry_url, "--topic", topic)
+                        "--schema-registry", stack.registry_url, "--topic", topic, "--shape", shape)
     agent.wait_attached()
     local = LocalStack(stack)
     seen: set[str] = set()
@@ -72,8 +74,9 @@ def _run(net: Any, stack: Any, start_agent: Any, tmp_path: Path, buffer: str, ra
         before = agent.status()["agent"]["delivered"]
         wait_for(lambda: agent.status()["agent"]["delivered"] > before + rate, 30, "deliveries without a registry")
     finally:
-        sender.terminate()
-        sender.communicate(timeout=30)
+        sender.terminate()  # it stops sending and prints its exact count
+        out, _ = sender.communicate(timeout=30)
+    sent = int(out)
     wait_for(lambda: agent.status()["buffer"]["records"] == 0, 90, "the buffer to empty")
     _out, err = agent.stop()
     local.up()  # the registry, for what follows
@@ -92,21 +95,29 @@ def _run(net: Any, stack: Any, start_agent: Any, tmp_path: Path, buffer: str, ra
         assert a["dropped_buffer_full"] == dropped > 0, a  # the small memory buffer overflowed
     records = expand(stack.registry_url, read_topic(stack.bootstrap_servers, topic))
     counts = reconcile(records, {s["capture_id"]: k["emitted"]}, dropped=dropped)
-    print(f"{buffer}: emitted {k['emitted']}, unique in Kafka {counts['unique']}, dropped {dropped}, "
-          f"duplicates {counts['duplicates']}, retries {a['delivery_retries']}, requeued {a['requeued']}")
+    flow = {(r["capture_cpu"], r["capture_seq"]) for r in records if r["dst_port"] == 6700}
+    print(f"{buffer}/{shape}: sent {sent}, emitted {k['emitted']}, unique in Kafka {counts['unique']} ({len(flow)} "
+          f"of the flow), dropped {dropped}, duplicates {counts['duplicates']}, retries {a['delivery_retries']}, "
+          f"requeued {a['requeued']}")
+    if buffer == "disk":
+        assert len(flow) == sent  # the oracle is the sender: every datagram it sent is in Kafka
+    else:
+        assert sent - dropped <= len(flow) <= sent
 
 
-@pytest.mark.parametrize("buffer", ["disk", "memory"])
+@pytest.mark.parametrize(("buffer", "shape"), [("disk", "batch"), ("disk", "record"), ("memory", "batch"),
+                                               ("memory", "record")])
 def test_broker_and_registry_faults_reconcile(quiet_veth, stack, start_agent, udp_sinks, tmp_path: Path,
-                                              buffer: str) -> None:
+                                              buffer: str, shape: str) -> None:
     udp_sinks(6700)
-    _run(quiet_veth, stack, start_agent, tmp_path, buffer, int(os.environ.get("HDRLOG_FAULT_RATE", "1000")),
+    _run(quiet_veth, stack, start_agent, tmp_path, buffer, shape, int(os.environ.get("HDRLOG_FAULT_RATE", "1000")),
          calm_s=2.0)
 
 
 @pytest.mark.long
+@pytest.mark.parametrize("shape", ["batch", "record"])
 @pytest.mark.parametrize("buffer", ["disk", "memory"])
 def test_broker_and_registry_faults_reconcile_long(quiet_veth, stack, start_agent, udp_sinks, tmp_path: Path,
-                                                   buffer: str) -> None:
+                                                   buffer: str, shape: str) -> None:
     udp_sinks(6700)
-    _run(quiet_veth, stack, start_agent, tmp_path, buffer, 5000, calm_s=15.0)
+    _run(quiet_veth, stack, start_agent, tmp_path, buffer, shape, 5000, calm_s=15.0)

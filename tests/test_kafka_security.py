@@ -43,12 +43,14 @@ def _files(stack: Any) -> Any:
     return files
 
 
-def _config(tmp_path: Path, stack: Any, topic: str, *, user: str, mechanism: str, password: str | None,
+def _config(tmp_path: Path, stack: Any, topic: str, *, user: str | None, mechanism: str | None,
+            password: str | None,
             protocol: str = "SASL_SSL", ca: Path | None = None, client_cert: bool = False,
             registry_password: str | None = None, registry_ca: Path | None = None,
             registry_url: str | None = None, kafka_extra: dict[str, str] | None = None) -> Path:
-    """The agent's config for the secure listener, and for the registry over HTTPS as its basic-auth user
-    (its own password unless ``registry_password`` is given)."""
+    """The agent's config for the SASL_SSL listener (``mechanism``), or the mTLS listener with
+    ``mechanism=None`` (the client certificate only if ``client_cert``), and for the registry over HTTPS
+    as its basic-auth user (its own password unless ``registry_password`` is given)."""
     files = _files(stack)
     secret = tmp_path / "kafka-password"
     if password is not None:
@@ -62,13 +64,16 @@ def _config(tmp_path: Path, stack: Any, topic: str, *, user: str, mechanism: str
     if mechanism == "OAUTHBEARER":  # an unsigned token naming the user, which the stack's broker believes
         props = {"security.protocol": protocol, "sasl.mechanism": mechanism, "ssl.ca.location": str(ca or files.ca),
                  "enable.sasl.oauthbearer.unsecure.jwt": "true", "sasl.oauthbearer.config": f"principal={user}"}
+    if mechanism is None:  # the client certificate is the authentication
+        props = {"security.protocol": "SSL", "ssl.ca.location": str(ca or files.ca)}
     if protocol == "PLAINTEXT":
         props = {"security.protocol": protocol}
     if client_cert:
         props |= {"ssl.certificate.location": str(files.client_cert), "ssl.key.location": str(files.client_key)}
     props |= kafka_extra or {}
     cfg = tmp_path / "secure.toml"
-    cfg.write_text(f'[kafka]\nbootstrap_servers = "{stack.secure_bootstrap_servers}"\ntopic = "{topic}"\n'
+    servers = stack.mtls_bootstrap_servers if mechanism is None else stack.secure_bootstrap_servers
+    cfg.write_text(f'[kafka]\nbootstrap_servers = "{servers}"\ntopic = "{topic}"\n'
                    + (f'sasl_password_file = "{secret}"\n' if password is not None else "")
                    + 'connect_timeout_s = 120\n[kafka.properties]\n'
                    + "".join(f'"{k}" = "{v}"\n' for k, v in props.items())
@@ -83,13 +88,17 @@ def _topics(stack: Any) -> set[str]:
     return set(AdminClient({"bootstrap.servers": stack.bootstrap_servers}).list_topics(timeout=10).topics)
 
 
-@pytest.mark.parametrize(("user", "mechanism", "client_cert"), [(SCRAM_USER, "SCRAM-SHA-512", True),
+@pytest.mark.parametrize(("user", "mechanism", "client_cert"), [(SCRAM_USER, "SCRAM-SHA-512", False),
                                                                  (PLAIN_USER, "PLAIN", False),
-                                                                 (SCRAM_USER, "OAUTHBEARER", False)])
+                                                                 (SCRAM_USER, "OAUTHBEARER", False),
+                                                                 (None, None, True)],
+                         ids=["scram", "plain", "oauthbearer", "mtls"])
 def test_the_agent_and_the_consumer_deliver_over_sasl_ssl(quiet_veth, stack, start_agent, udp_sinks, tmp_path: Path,
-                                                          user: str, mechanism: str, client_cert: bool) -> None:
+                                                          user: str | None, mechanism: str | None,
+                                                          client_cert: bool) -> None:
+    """SASL over TLS, or mTLS: the listener that requires a client certificate, and this one presented."""
     udp_sinks(6800)
-    password = _files(stack).passwords()[user] if mechanism != "OAUTHBEARER" else None
+    password = _files(stack).passwords()[user] if mechanism not in ("OAUTHBEARER", None) else None
     topic = f"hdrlog.test.secure.{uuid.uuid4().hex[:8]}"
     cfg = _config(tmp_path, stack, topic, user=user, mechanism=mechanism, password=password,
                   client_cert=client_cert)
@@ -132,6 +141,17 @@ def test_a_wrong_password_stops_the_agent_with_a_clear_error(quiet_veth, stack, 
     line = _refused(start_agent, quiet_veth, stack, cfg, topic)
     assert f"Kafka at {stack.secure_bootstrap_servers} refused the credentials" in line, line
     assert wrong not in line
+
+
+def test_no_client_certificate_for_the_mtls_listener_stops_the_agent_with_a_clear_error(quiet_veth, stack,
+                                                                                         start_agent,
+                                                                                         tmp_path: Path) -> None:
+    """The listener requires a client certificate (``ssl.client.auth=required``) and the agent has none."""
+    topic = f"hdrlog.test.secure.{uuid.uuid4().hex[:8]}"
+    cfg = _config(tmp_path, stack, topic, user=None, mechanism=None, password=None, client_cert=False)
+    line = _refused(start_agent, quiet_veth, stack, cfg, topic)
+    assert f"the TLS handshake with Kafka at {stack.mtls_bootstrap_servers} failed" in line, line
+    assert "requires a client certificate" in line and "ssl.certificate.location" in line, line
 
 
 def test_an_untrusted_certificate_stops_the_agent_with_a_clear_error(quiet_veth, stack, start_agent,

@@ -55,6 +55,12 @@ class ConsumerRow:
 
     @property
     def per_cpu_s(self) -> float:
+        """The headline: records per CPU-second of the whole process, start-up included."""
+        return self.records / self.gross_cpu_s if self.gross_cpu_s > 0 else 0.0
+
+    @property
+    def busy_per_cpu_s(self) -> float:
+        """Beside it: records per busy CPU-second (first message to last commit)."""
         return self.records / self.cpu_s if self.cpu_s > 0 else 0.0
 
 
@@ -71,6 +77,7 @@ class ConsumerReport:
         d = asdict(self)
         for row, out in zip(self.rows, d["rows"], strict=True):
             out["per_cpu_s"] = round(row.per_cpu_s)
+            out["busy_per_cpu_s"] = round(row.busy_per_cpu_s)
         return d
 
 
@@ -140,8 +147,8 @@ class ConsumerBench:
                                   f"({summary['messages_dead_lettered']} messages dead-lettered)")
             run = ConsumerRow(name, shape, n, summary.get("busy_cpu_ms", 0) / 1000, gross, wall)
             runs.append(run)
-            self.say(f"  {name:<28} {shape:<6} {n:>9,} records  cpu {run.cpu_s:6.2f} s (process {gross:6.2f} s)  "
-                     f"{run.per_cpu_s:>9,.0f} rec/cpu-s")
+            self.say(f"  {name:<28} {shape:<6} {n:>9,} records  process cpu {gross:6.2f} s (busy {run.cpu_s:6.2f} s)"
+                     f"  {run.per_cpu_s:>9,.0f} rec/cpu-s")
         row = sorted(runs, key=lambda r: r.per_cpu_s)[len(runs) // 2]
         if repeat > 1:
             row.note = f"median of {repeat} runs ({', '.join(f'{r.per_cpu_s:,.0f}' for r in runs)})"
@@ -199,8 +206,8 @@ class ConsumerBench:
                  "member's records per CPU-second")
 
     def _live(self, bench: Bench, source: str, members: int) -> list[tuple[int, float]]:
-        """(records, busy CPU seconds) of each of ``members`` members of a new group reading a
-        six-partition copy of ``source`` as it is written."""
+        """(records, CPU seconds of the whole process) of each of ``members`` members of a new group
+        reading a six-partition copy of ``source`` as it is written."""
         from producer.bench.contenders import create_topic
 
         s = bench.stack
@@ -227,13 +234,14 @@ class ConsumerBench:
                 raise HdrlogError(f"member {i + 1} of {members} failed: {err.strip().splitlines()[-1:]}")
             summary = next(json.loads(line)["summary"] for line in reversed(err.splitlines())
                            if line.startswith('{"summary"'))
-            n, cpu = summary["events_written"], summary.get("busy_cpu_ms", 0) / 1000
+            n, busy = summary["events_written"], summary.get("busy_cpu_ms", 0) / 1000
+            cpu = gross
             out.append((n, cpu))
             name = f"ecs file, {members} member{'s' if members > 1 else ''} (6 part.)"
             self.say(f"  {name:<28} record {n:>9,} records  cpu {cpu:6.2f} s  {n / cpu if cpu else 0:>9,.0f} "
                      f"rec/cpu-s{f' (member {i + 1})' if members > 1 else ''}")
             if members == 1:
-                self.report.rows.append(ConsumerRow(name, "record", n, cpu, gross, 0.0, "read as it was written"))
+                self.report.rows.append(ConsumerRow(name, "record", n, busy, gross, 0.0, "read as it was written"))
         return out
 
     def _copy6(self, bench: Bench, source: str, into: str) -> str:
@@ -280,7 +288,7 @@ def run_consumer_bench(*, records: int, out_dir: Path, say: Callable[[str], None
     with Bench(say, 1.0, workdir) as bench:
         say(f"topics: the agent writes ~{records:,} records in each shape")
         topics = cb.topics(bench)
-        say("consumer runs (busy CPU: first message to last commit)")
+        say("consumer runs (CPU of the whole process, start-up included; busy: first message to last commit)")
         w = str(workdir)
         cases: list[tuple[str, str, list[str]]] = [
             ("ecs file", "batch", ["--format", "ecs", "--sink", f"file:{w}/ecs-batch"]),
@@ -333,26 +341,30 @@ def markdown(r: ConsumerReport) -> str:
              "--update BENCHMARKS.md`). The agent wrote "
              + ", ".join(f"{n:,} records in {shape} shape" for shape, n in r.records.items())
              + "; each run below read a whole topic as a new group.", "",
-             "| consumer | topic | records | CPU s (busy) | CPU s (process) | records / CPU-s | target |",
-             "|---|---|---:|---:|---:|---:|---|"]
+             "| consumer | topic | records | CPU s (process) | records / CPU-s (process) | CPU s (busy) | "
+             "records / busy CPU-s | target (on the process's) |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     for row in r.rows:
         goal = targets.get(row.name)
         mark = ""
         if goal:
-            mark = f"≥ {goal:,}: {'met' if row.per_cpu_s >= goal else 'not met'}"
+            mark = f"≥ {goal:,}: {'met' if row.per_cpu_s >= goal else 'NOT met'}"
         if row.name.startswith("ecs") and connect:
-            mark += ("; " if mark else "") + f"{row.per_cpu_s / connect:.2f}× Connect"
-        lines.append(f"| {row.name} | {row.topic_shape} | {row.records:,} | {row.cpu_s:.2f} | {row.gross_cpu_s:.2f} | "
-                     f"{row.per_cpu_s:,.0f} | {mark} |")
+            vs = row.per_cpu_s / connect
+            mark += ("; " if mark else "") + f"{vs:.2f}× Connect{'' if vs >= 1 else ': NOT met'}"
+        lines.append(f"| {row.name} | {row.topic_shape} | {row.records:,} | {row.gross_cpu_s:.2f} | "
+                     f"{row.per_cpu_s:,.0f} | {row.cpu_s:.2f} | {row.busy_per_cpu_s:,.0f} | {mark} |")
     notes = [f"- {row.name} ({row.topic_shape}): {row.note}" for row in r.rows if row.note]
     if notes:
         lines += ["", *notes]
     if r.scaling:
         lines += ["", f"Two members of one group on a six-partition topic: "
                   f"{', '.join(f'{x:,}' for x in r.scaling['two_members_per_cpu_s'])} records per CPU-second "
+                  "(each process's) "
                   f"against {r.scaling['one_member_per_cpu_s']:,} for one member alone (each run reading the topic as "
                   "it was written): the worse keeps "
-                  f"{r.scaling['worst_ratio']:.0%} (target ≥ 90%)."]
+                  f"{r.scaling['worst_ratio']:.0%} (target ≥ 90%: "
+                  f"{'met' if r.scaling['worst_ratio'] >= 0.9 else 'NOT met'})."]
     for name, why in r.skipped.items():
         lines.append(f"\nSkipped {name}: {why}")
     return "\n".join(lines) + "\n"

@@ -273,6 +273,17 @@ class IngestRow:
     def requests_per_s(self) -> float:
         return self.events_per_s / self.events_per_request
 
+    def verdict(self) -> str:
+        """Against ``TARGETS`` (requests/s for single events, events/s for arrays) and ``P99_TARGET_MS``;
+        the outage run has no target ("-")."""
+        if self.name not in TARGETS:
+            return "-"
+        rate, unit = (self.requests_per_s, "requests/s") if self.name == "single" else (self.events_per_s,
+                                                                                         "events/s")
+        misses = ([f"{rate:,.0f} < {TARGETS[self.name]:,} {unit}"] if rate < TARGETS[self.name] else []) + \
+            ([f"p99 {self.p99_ms:.1f} >= {P99_TARGET_MS:g} ms"] if self.p99_ms >= P99_TARGET_MS else [])
+        return "NOT met: " + "; ".join(misses) if misses else "met"
+
 
 class IngestAgent:
     """``hdrlog agent`` with the disk buffer, capturing the bench's veth, its server on a free port."""
@@ -399,15 +410,17 @@ def run_ingest_bench(*, out_dir: Path, say: Callable[[str], None], update: Path 
 
 def markdown(rows: list[IngestRow]) -> str:
     lines = ["| run | events/request | connections | requests/s | events/s | p50 ms | p99 ms | agent CPU | parse "
-             "workers' CPU | answers (wrk) | accepted events (agent) | the run's events in Kafka |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+             "workers' CPU | answers (wrk) | accepted events (agent) | the run's events in Kafka | target |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]
     for r in rows:
         answers = ", ".join(f"{k} {v:,}" for k, v in sorted(r.statuses.items()))
         lines.append(f"| {r.name} | {r.events_per_request} | {r.connections} | {r.requests_per_s:,.0f} | "
                      f"{r.events_per_s:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | "
                      f"{r.agent_cpu_s / r.seconds:.2f} | {r.workers_cpu_s / r.seconds:.2f} | {answers} | "
                      f"{r.accepted_events:,} | "
-                     f"{r.extra.get('unique_in_kafka', 0):,} |")
+                     f"{r.extra.get('unique_in_kafka', 0):,} | {r.verdict()} |")
+    lines += ["", f"Targets: single events >= {TARGETS['single']:,} requests/s, arrays >= "
+              f"{TARGETS['array']:,} events/s, each with p99 < {P99_TARGET_MS:g} ms."]
     flat = [r for r in rows if r.name != "outage"]
     if flat:
         lines += ["", f"The flat-out runs' agent accepted {flat[-1].extra.get('accepted_total', 0):,} events in all "

@@ -50,15 +50,17 @@ _QUIET = ("state.change.logger", "org.apache.kafka.controller", "kafka.cluster.P
 
 
 def server_properties(*, kafka_port: int, controller_port: int, data_dir: Path,
-                      secure: tuple[int, SecureFiles] | None = None) -> str:
-    """``secure``: (port, material) of a SASL_SSL listener beside the plaintext one (``up --secure``)."""
+                      secure: tuple[int, int, SecureFiles] | None = None) -> str:
+    """``secure``: (SASL_SSL port, mTLS port, material) of the secure listeners beside the plaintext one
+    (``up --secure``)."""
     listeners = f"PLAINTEXT://127.0.0.1:{kafka_port},CONTROLLER://127.0.0.1:{controller_port}"
     advertised = f"PLAINTEXT://127.0.0.1:{kafka_port}"
     protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
     if secure is not None:
-        listeners += f",SASL_SSL://127.0.0.1:{secure[0]}"
-        advertised += f",SASL_SSL://127.0.0.1:{secure[0]}"
-        protocols += ",SASL_SSL:SASL_SSL"
+        tls = f",SASL_SSL://127.0.0.1:{secure[0]},MTLS://127.0.0.1:{secure[1]}"
+        listeners += tls
+        advertised += tls
+        protocols += ",SASL_SSL:SASL_SSL,MTLS:SSL"
     lines = [
         "# Written by hdrlog on every start; edits are overwritten.",
         "process.roles=broker,controller",
@@ -82,13 +84,15 @@ def server_properties(*, kafka_port: int, controller_port: int, data_dir: Path,
         "group.initial.rebalance.delay.ms=0",
     ]
     if secure is not None:
-        lines += _secure_listener(secure[1])
+        lines += _secure_listeners(secure[2])
     return "\n".join(lines) + "\n"
 
 
-def _secure_listener(files: SecureFiles) -> list[str]:
-    """SCRAM-SHA-512 (users kept by the cluster: ``add_scram_users``) and PLAIN (users here) over TLS with
-    a PEM key store; a client certificate is requested and checked against the CA, not required.
+def _secure_listeners(files: SecureFiles) -> list[str]:
+    """SASL_SSL: SCRAM-SHA-512 (users kept by the cluster: ``add_scram_users``) and PLAIN (users here) over
+    TLS with a PEM key store; a client certificate is requested and checked against the CA, not required.
+    MTLS (security protocol SSL): the client certificate *is* the authentication, required and checked
+    against the CA; the principal is the certificate's subject (``User:CN=hdrlog-agent,O=hdrlog local stack``).
 
     OAUTHBEARER is there too with Kafka's *unsecured* JWT validator (any unsigned token is believed:
     a development stand-in for an OIDC provider, so that librdkafka's OAUTHBEARER settings are tested
@@ -111,6 +115,11 @@ def _secure_listener(files: SecureFiles) -> list[str]:
         f"{p}ssl.truststore.type=PEM",
         f"{p}ssl.truststore.location={files.ca}",
         f"{p}ssl.client.auth=requested",
+        "listener.name.mtls.ssl.keystore.type=PEM",
+        f"listener.name.mtls.ssl.keystore.location={files.broker}",
+        "listener.name.mtls.ssl.truststore.type=PEM",
+        f"listener.name.mtls.ssl.truststore.location={files.ca}",
+        "listener.name.mtls.ssl.client.auth=required",
     ]
 
 

@@ -2,10 +2,10 @@
 
 The secure listener (``SASL_SSL`` on ``StackSettings.secure_port``) takes
 SCRAM-SHA-512 and PLAIN over TLS; a client certificate is requested, not
-required, so mTLS is optional.  Everything lives in ``<stack>/secure/`` (mode
-0700, files 0600), made once and kept: the CA (``ca.pem``), the broker's key
-and chain (``broker.pem``, 127.0.0.1 and localhost), a client certificate the
-CA signed (``client.pem``, ``client.key``) and ``credentials.json``: the users
+required there.  The mTLS listener (``StackSettings.mtls_port``) requires one.
+Everything lives in ``<stack>/secure/`` (mode 0700, files 0600), made once and
+kept: the CA (``ca.pem``), the broker's key and chain (``broker.pem``, 127.0.0.1
+and localhost), a client certificate the CA signed (``client.pem``, ``client.key``) and ``credentials.json``: the users
 and their passwords (random, for this machine only).  Tests and the README's
 examples read them from there.
 

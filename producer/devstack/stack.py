@@ -60,6 +60,7 @@ class StackSettings:
     opensearch_port: int = 9200  # env HDRLOG_STACK_OPENSEARCH_PORT: OpenSearch's HTTP API (up --opensearch)
     connect_port: int = 8083  # env HDRLOG_STACK_CONNECT_PORT: Kafka Connect's REST API (up --connect)
     secure_port: int = 9094  # env HDRLOG_STACK_SECURE_PORT: Kafka's SASL_SSL listener (up --secure)
+    mtls_port: int = 9095  # env HDRLOG_STACK_MTLS_PORT: Kafka's TLS listener that requires a client certificate
     # env HDRLOG_STACK_SECURE_REGISTRY_PORT: the registry over HTTPS with basic auth (up --secure)
     secure_registry_port: int = 8444
     opensearch_version: str = "3.4.0"
@@ -69,7 +70,8 @@ class StackSettings:
         ports = {"kafka_port": self.kafka_port, "controller_port": self.controller_port,
                  "registry_port": self.registry_port, "registry_management_port": self.registry_management_port,
                  "opensearch_port": self.opensearch_port, "connect_port": self.connect_port,
-                 "secure_port": self.secure_port, "secure_registry_port": self.secure_registry_port}
+                 "secure_port": self.secure_port, "mtls_port": self.mtls_port,
+                 "secure_registry_port": self.secure_registry_port}
         for name, port in ports.items():
             if not 0 < port < 65536:
                 raise ConfigError(f"stack setting {name}: {port} is not a TCP port")
@@ -104,6 +106,7 @@ class StackSettings:
             opensearch_port=port("HDRLOG_STACK_OPENSEARCH_PORT", 9200),
             connect_port=port("HDRLOG_STACK_CONNECT_PORT", 8083),
             secure_port=port("HDRLOG_STACK_SECURE_PORT", 9094),
+            mtls_port=port("HDRLOG_STACK_MTLS_PORT", 9095),
             secure_registry_port=port("HDRLOG_STACK_SECURE_REGISTRY_PORT", 8444),
         )
 
@@ -115,6 +118,11 @@ class StackSettings:
     def secure_bootstrap_servers(self) -> str:
         """The SASL_SSL listener (``up --secure``)."""
         return f"127.0.0.1:{self.secure_port}"
+
+    @property
+    def mtls_bootstrap_servers(self) -> str:
+        """The TLS listener that requires a client certificate the stack's CA signed (``up --secure``)."""
+        return f"127.0.0.1:{self.mtls_port}"
 
     @property
     def registry_url(self) -> str:
@@ -264,7 +272,8 @@ class LocalStack:
                                     self._connect_log),
             registry_tls=ComponentStatus("registry-tls", self._registry_tls.pid(),
                                          f"127.0.0.1:{s.secure_registry_port}", self._registry_tls.log),
-            secure=(f"SASL_SSL {s.secure_bootstrap_servers} (SCRAM-SHA-512, PLAIN), the registry at "
+            secure=(f"SASL_SSL {s.secure_bootstrap_servers} (SCRAM-SHA-512, PLAIN), mTLS "
+                    f"{s.mtls_bootstrap_servers} (client certificate required), the registry at "
                     f"{s.secure_registry_url} (basic auth); CA, client certificate and users in "
                     f"{self.secure_files.root}") if self._secure_on.exists() else None)
 
@@ -312,6 +321,8 @@ class LocalStack:
                 kafka.add_scram_users(self.settings.bootstrap_servers, self.secure_files)
                 self._wait(lambda: speaks_tls(self.settings.secure_bootstrap_servers), kafka_pid,
                            "Kafka's SASL_SSL listener", self._kafka_log, (self._kafka_log,), deadline)
+                self._wait(lambda: speaks_tls(self.settings.mtls_bootstrap_servers), kafka_pid,
+                           "Kafka's mTLS listener", self._kafka_log, (self._kafka_log,), deadline)
             client = registry.RegistryClient(api_url=self.settings.registry_url,
                                              management_url=self.settings.registry_management_url)
             registry_pid = before.registry.pid if registry_java is None else self._start_registry(registry_java)
@@ -404,7 +415,7 @@ class LocalStack:
         if not st.kafka.running:
             wanted += [("Kafka", s.kafka_port), ("the Kafka controller", s.controller_port)]
             if self._secure_on.exists():
-                wanted.append(("Kafka's SASL_SSL listener", s.secure_port))
+                wanted += [("Kafka's SASL_SSL listener", s.secure_port), ("Kafka's mTLS listener", s.mtls_port)]
         if not st.registry.running:
             wanted += [("the schema registry", s.registry_port),
                        ("the schema registry's management interface", s.registry_management_port)]
@@ -419,7 +430,7 @@ class LocalStack:
         s, p = self.settings, self._paths
         return kafka.server_properties(kafka_port=s.kafka_port, controller_port=s.controller_port,
                                        data_dir=p.kafka_data,
-                                       secure=(s.secure_port, self.secure_files) if secure else None)
+                                       secure=(s.secure_port, s.mtls_port, self.secure_files) if secure else None)
 
     def _kafka_is_current(self) -> bool:
         """Whether the running Kafka was started with the secure listener as it is set up now (its

@@ -112,6 +112,8 @@ PERMANENT = frozenset({
 ADMIN_KEYS = ("bootstrap.servers", "security.protocol", "ssl.", "sasl.", "client.id", "enable.sasl.", "enable.ssl.",
               "https.", "broker.address.family", "socket.")
 MAX_BACKOFF_S = 30.0
+#: a broker's TLS alerts (lower case) for a client certificate missing or refused: retrying cannot help
+CLIENT_CERT_ALERTS = ("alert bad certificate", "alert certificate required", "alert unknown ca")
 #: bytes of entries outstanding in librdkafka at most (a few batch messages' worth)
 WINDOW_BYTES = 4 << 20
 
@@ -147,6 +149,11 @@ def refusal(err: KafkaError | None, servers: str) -> str | None:
     # is one too, and may come next time; not every _SSL is a certificate: a reset mid-handshake is one)
     if err.code() == KafkaError._AUTHENTICATION and "Authentication failed" in text:
         return f"Kafka at {servers} refused the credentials (sasl.username, sasl.password): {text}"
+    # the broker's TLS alert for a client certificate missing or not signed by its CA (after the handshake,
+    # under TLS 1.3: librdkafka sees it on its first read)
+    if err.code() in (KafkaError._SSL, KafkaError._TRANSPORT) and any(t in text.lower() for t in CLIENT_CERT_ALERTS):
+        return (f"the TLS handshake with Kafka at {servers} failed: the broker requires a client certificate its "
+                f"CA signed (ssl.certificate.location, ssl.key.location): {text}")
     if err.code() == KafkaError._SSL and any(t in text.lower() for t in TLS_REFUSALS):
         return (f"the TLS handshake with Kafka at {servers} failed (ssl.ca.location, security.protocol): "
                 f"{text}")
