@@ -47,10 +47,17 @@ class Stage(Protocol):
 
 class HookLifecycle(Protocol):
     def attach_all(self) -> list[str]: ...
-    def watch(self) -> None: ...  # attach links that appear from now on (its thread starts here)
+    def watch(self) -> None: ...  # attach links that appeared since the last call (main thread, each tick)
     def detach_all(self) -> None: ...
     @property
     def attached(self) -> list[str]: ...
+
+
+def _name_native_thread(name: str) -> None:
+    """The thread's name as the kernel shows it (``/proc/PID/task/TID/comm``, ``top -H``; 15 bytes)."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
 
 
 @dataclass
@@ -104,7 +111,8 @@ class Agent:
         self._clock = clock
         self._failure: BaseException | None = None
         self._wake = threading.Event()
-        self.ready = threading.Event()  # set once every hook is attached
+        self.ready = threading.Event()  # set once every hook is attached and privileges are given up
+        self.attached = threading.Event()  # every hook attached: from here a stop is an orderly one (cli)
         self.reload_requested = threading.Event()  # SIGHUP
         self.report_extra: Callable[[], dict[str, Any]] = dict
 
@@ -116,6 +124,7 @@ class Agent:
 
     def _thread(self, stage: Any, name: str) -> threading.Thread:
         def body() -> None:
+            _name_native_thread(f"hdrlog-{name}")
             try:
                 stage.run()
             except BaseException as exc:  # noqa: BLE001 - top of a thread: record, stop the agent
@@ -135,9 +144,9 @@ class Agent:
             threads.reverse()  # source first: the order they are joined in
             try:
                 p.hooks.attach_all()
+                self.attached.set()
                 if p.after_attach is not None:
                     log.info("gave up what capturing no longer needs: %s", p.after_attach())
-                p.hooks.watch()  # (after: a thread inherits its starter's privileges)
                 self.ready.set()
                 self._wait(stop)
             finally:
@@ -165,6 +174,10 @@ class Agent:
             if self.reload_requested.is_set() and self.parts.reload is not None:
                 self.reload_requested.clear()
                 self.parts.reload()
+            try:
+                self.parts.hooks.watch()  # here: the main thread keeps CAP_NET_ADMIN, no other needs it
+            except Exception:  # noqa: BLE001 - a link that fails to attach must not stop capture
+                log.exception("attaching links that appeared")
             for task in self.parts.periodic:
                 if now >= task.next_at:
                     task.next_at += task.every_s

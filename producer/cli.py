@@ -242,10 +242,12 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="One run, one machine, one broker: a C sender floods UDP across a veth pair between "
         "two namespaces at each offered rate; every contender captures it into a fresh topic of the local "
         "stack (`hdrlog stack up` first). Prints, per contender and rate: offered, delivered (read back "
-        "from Kafka), counted loss by reason, unaccounted loss, the CPU of all its processes from ready to "
-        "exit and records per CPU-second; then the agent's data-path overhead, its capture-to-broker "
-        "latency at 20k records/s, its peak RSS and BPF map memory. Writes bench.json, bench.md and "
-        "bench.png to --output. Needs root; takes about 10 minutes (--quick: about one).")
+        "from Kafka), counted loss by reason, unaccounted loss, the CPU of all its processes at start-up and "
+        "from ready to exit, that CPU per second of traffic, and records per CPU-second of the whole run; "
+        "every target is judged at every rate. Then the agent's data-path overhead, its capture-to-broker "
+        "latency at 20k records/s, its peak RSS and BPF map memory, and an idle agent's CPU, thread by "
+        "thread. Writes bench.json, bench.md and bench.png to --output. Needs root; takes about 15 minutes "
+        "(--quick: about one).")
     p.add_argument("--seconds", type=float, default=5.0, metavar="S", help="traffic per run (default 5)")
     p.add_argument("--rates", type=_rates, default=[50_000, 100_000, 200_000, 0], metavar="LIST",
                    help="offered packets/s, comma-separated, `max` for flat out (default 50000,100000,200000,max)")
@@ -256,13 +258,15 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="without/with-agent pairs for the data-path overhead (default 2; 0 skips it)")
     p.add_argument("--latency-seconds", type=float, default=10.0, metavar="S",
                    help="traffic of each latency run (default 10; 0 skips it)")
+    p.add_argument("--idle-seconds", type=float, default=60.0, metavar="S",
+                   help="how long the idle agent is measured (default 60; 0 skips it)")
     p.add_argument("--output", type=Path, default=Path("benchmarks/results"), metavar="DIR",
                    help="where bench.json, bench.md and bench.png go (default benchmarks/results)")
     p.add_argument("--update", type=Path, default=None, metavar="FILE",
                    help="also replace FILE's bench section (BENCHMARKS.md) with this run, chart included")
     p.add_argument("--quick", action="store_true",
-                   help="1 s runs at 50k packets/s, one overhead pair, 2 s latency runs: checks that the "
-                   "benchmark works, measures nothing worth keeping")
+                   help="1 s runs at 50k packets/s, one overhead pair, 2 s latency runs, 3 s idle: checks that "
+                   "the benchmark works, measures nothing worth keeping")
     p.add_argument("--consumer", action="store_true",
                    help="measure `hdrlog consume` instead: each sink and format, a Kafka Connect worker "
                    "(FileStreamSink) on the same topic, and two group members against one; writes "
@@ -336,7 +340,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             sys.stderr.flush()
     stop = threading.Event()
     built: list[Agent] = []
-    _stop_on_signals(stop, running=lambda: bool(built) and built[0].ready.is_set())
+    _stop_on_signals(stop, running=lambda: bool(built) and built[0].attached.is_set())
     agent = build(cfg, status_line=status, reload_config=reload_config, on_stdout_closed=stop.set)
     built.append(agent)
     signal.signal(signal.SIGHUP, lambda _s, _f: agent.reload_requested.set())
@@ -500,11 +504,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     if args.quick:
         args.seconds, args.rates, args.overhead_rounds, args.latency_seconds = 1.0, [50_000], 1, 2.0
+        args.idle_seconds = 3.0
     if os.geteuid() != 0:
         raise HdrlogError("the benchmark needs root (network namespaces, BPF, cgroups)")
     run_bench(seconds=args.seconds, rates=args.rates, names=args.contender, overhead_rounds=args.overhead_rounds,
               latency_s=args.latency_seconds, out_dir=args.output, say=lambda line: print(line, flush=True),
-              update=args.update)
+              update=args.update, idle_s=args.idle_seconds)
     return 0
 
 

@@ -432,9 +432,10 @@ class AgentConfig:
         "append JSON lines to this file instead of publishing (no Kafka at all)", env="HDRLOG_OUTPUT",
         flag="--output", metavar="FILE"))
     user: str = field(default="", metadata=_m(
-        "once attached, become this user (a name, a uid or `uid:gid`; started as root): its threads keep no "
+        "started as root, become this user once attached (a name, a uid or `uid:gid`): its threads keep no "
         "capability but CAP_NET_ADMIN on the main one; `state_dir` and `capture.pin_dir` are handed to it "
-        "(empty: stay as started)", env="HDRLOG_USER", flag="--user", metavar="USER"))
+        "(empty: the system user `hdrlog`, or 65534 where there is none; `root`: stay root, with a warning)",
+        env="HDRLOG_USER", flag="--user", metavar="USER"))
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)

@@ -13,15 +13,13 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from producer.agent import AgentReport
-from producer.config import load_config
 from producer.consumer.build import formatter, sink
 from producer.consumer.runner import ConsumeOptions, Runner
 from producer.errors import HdrlogError
 from producer.netns import VethNamespace
-from producer.pipeline import build
 
 
 def _say(text: str) -> None:
@@ -77,39 +75,60 @@ def run_demo(*, iface: str | None, duration_s: float, topic: str, keep_network: 
             net.destroy()
 
 
+#: the demo agent's state: a directory the user it becomes once attached can reach (not root's home)
+DEMO_STATE = Path("/var/lib/hdrlog-demo")
+
+
+def _agent(argv: list[str], ready: threading.Event, lines: list[str]) -> subprocess.Popen[str]:
+    """``hdrlog agent`` as a user starts it (so it gives up root once attached, as by default); its log
+    lines are shown as they come, ``ready`` is set once it captures (or exits)."""
+    proc = subprocess.Popen([sys.executable, "-m", "producer", "--log-format", "json", "agent", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = {"msg": line.rstrip()}
+            if "msg" in entry:
+                print(f"    agent: {entry['msg']}", file=sys.stderr, flush=True)
+            if "capturing on" in str(entry.get("msg", "")):
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, name="hdrlog-demo-agent", daemon=True).start()
+    return proc
+
+
 def _one_shape(settings: Any, net: VethNamespace, iface: str | None, duration_s: float, topic: str, shape: str,
                json_lines: bool) -> None:
     """One agent run in one message shape: traffic, then what the consumer reads, then the counters."""
-    cfg = load_config(overrides={
-        "capture.interfaces": [iface or net.host_if], "kafka.topic": topic, "duration_s": duration_s,
-        "kafka.bootstrap_servers": settings.bootstrap_servers, "kafka.shape": shape,
-        "registry.url": settings.registry_url, "host_id": socket.gethostname(),
-        "state_dir": str(settings.cache_dir / "demo-state"), "telemetry.listen": "127.0.0.1:0",
-    })
-    agent = build(cfg)
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            result["report"] = agent.run(threading.Event())
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            result["error"] = exc
-            agent.ready.set()
-
-    thread = threading.Thread(target=run, name="hdrlog-demo-agent")
-    thread.start()
-    agent.ready.wait(120)
-    if "error" not in result:
-        _say(f"[{shape}] agent capturing on {cfg.capture.interfaces[0]} for {duration_s:g}s, "
-             f"{shape} messages to {topic}")
-        if iface is None:
-            _traffic(net)
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    report: AgentReport = result["report"]
-    delivered = report.user["delivered"]
-    messages = report.user["messages_delivered"]
+    capture_on = iface or net.host_if
+    ready, lines = threading.Event(), list[str]()
+    proc = _agent(["--iface", capture_on, "--topic", topic, "--duration", f"{duration_s:g}", "--shape", shape,
+                   "--bootstrap-servers", settings.bootstrap_servers, "--schema-registry", settings.registry_url,
+                   "--host-id", socket.gethostname(), "--state-dir", str(DEMO_STATE), "--listen", "127.0.0.1:0"],
+                  ready, lines)
+    try:
+        ready.wait(120)
+        if proc.poll() is None:
+            _say(f"[{shape}] agent capturing on {capture_on} for {duration_s:g}s, {shape} messages to {topic}")
+            if iface is None:
+                _traffic(net)
+        proc.wait(duration_s + 180)
+    finally:
+        if proc.poll() is None:  # (interrupted, or it did not stop in time)
+            proc.terminate()
+            proc.wait(120)
+    summary = next((json.loads(line)["summary"] for line in reversed(lines) if line.startswith('{"summary"')), None)
+    if proc.returncode != 0 or summary is None:
+        last = next((x for x in reversed(lines) if x.startswith("hdrlog: error:")), f"exit status {proc.returncode}")
+        raise HdrlogError(f"the demo agent failed: {last.strip()}")
+    delivered = summary["agent"]["delivered"]
+    messages = summary["agent"]["messages_delivered"]
     what = "HeaderBatch" if shape == "batch" else "HeaderRecord"
     _say(f"[{shape}] consumer: {delivered} records in {messages} Kafka messages ({what}) from topic {topic}, "
          "decoded through the registry")
@@ -119,4 +138,4 @@ def _one_shape(settings: Any, net: VethNamespace, iface: str | None, duration_s:
         topic=topic, group="hdrlog-demo", from_beginning=True, max_records=delivered, idle_timeout_s=15),
         formatter(fmt), sink("stdout", fmt)).run(threading.Event())
     _say(f"[{shape}] agent counters")
-    print(json.dumps(report.as_dict(), indent=2), file=sys.stderr)
+    print(json.dumps(summary, indent=2), file=sys.stderr)

@@ -45,7 +45,7 @@ from producer.decode.convert import InterfaceNames, MonotonicToWall, RecordDecod
 from producer.errors import ConfigError, HdrlogError, PrivilegeError
 from producer.ingest.stage import IdempotencyKeys, IngestLimits, IngestStage, Pending
 from producer.ingest.workers import InlineParser, Parser, ParseWorkers, Setup
-from producer.privileges import check_user, code_directories, drop_after_attach, reclaim
+from producer.privileges import ROOT, CodeDirs, check_user, drop_after_attach, reclaim, target_user
 from producer.publish.deadletter import DeadLetters
 from producer.publish.kafka import WINDOW_BYTES, KafkaPublisher
 from producer.publish.sinks import Publisher, StreamPublisher
@@ -112,17 +112,24 @@ def _kafka(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Ide
     return publisher, encoder, ids, subjects
 
 
-def _give_up(cfg: AgentConfig, owned: tuple[Path, ...], program: CaptureProgram, control: CaptureControl) -> str:
-    """Become ``cfg.user`` once attached, then check that the maps still read and update through their
+def _fix(cfg: AgentConfig) -> str:
+    """What the privilege errors offer besides their own remedy."""
+    return ('the default user once attached; user = "root" stays root' if not cfg.user else
+            'or user = "root" to stay root')
+
+
+def _give_up(cfg: AgentConfig, user: str, owned: tuple[Path, ...], code: CodeDirs, program: CaptureProgram,
+             control: CaptureControl) -> str:
+    """Become ``user`` once attached, then check that the maps still read and update through their
     descriptors (on kernels before 5.19 an unprivileged process may not use bpf() at all)."""
-    held = drop_after_attach(cfg.user, owned, (cfg.state_path,), code_directories())
+    held = drop_after_attach(user, owned, (cfg.state_path,), code, _fix(cfg))
     try:
         program.counters()
         control.apply(cfg.capture)  # (the same settings again: nothing changes, but it writes)
     except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception
-        raise PrivilegeError(f"as user {cfg.user} the agent cannot use its BPF maps ({exc}): this kernel "
+        raise PrivilegeError(f"as user {user} the agent cannot use its BPF maps ({exc}): this kernel "
                              "allows bpf() only with CAP_BPF (Linux before 5.19, kernel.unprivileged_bpf_"
-                             "disabled); leave user empty") from exc
+                             f"disabled) ({_fix(cfg)})") from exc
     return held
 
 
@@ -133,7 +140,7 @@ def _ingest_topic(cfg: AgentConfig) -> str:
 
 def _ingest(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Identity, schema_id: int,
             kafka: KafkaPublisher, detached: threading.Event, cancel: Cancel,
-            reply: Callable[[list[Pending]], None]) -> tuple[IngestStage, Parser]:
+            reply: Callable[[list[Pending]], None], code: CodeDirs | None) -> tuple[IngestStage, Parser]:
     """The ingest's stage, and what parses its bodies (started: the workers' processes run)."""
     i = cfg.ingest
     schema = AvroSchema.load("LogEvent")
@@ -153,7 +160,8 @@ def _ingest(cfg: AgentConfig, buffer: Buffer, telemetry: Telemetry, identity: Id
     parser: Parser = InlineParser(encoder)
     if i.parse_workers:  # last: nothing after it may fail, or its processes would outlive the agent's start
         parser = ParseWorkers(i.parse_workers, Setup(schema.raw, schema_id, consts),
-                              lambda: telemetry.ingest(IngestStat.PARSE_WORKER_RESTARTS), i.max_queue_bytes)
+                              lambda: telemetry.ingest(IngestStat.PARSE_WORKER_RESTARTS), i.max_queue_bytes,
+                              *(() if code is None else (code.command,)))
         parser.start()
     return stage, parser
 
@@ -170,10 +178,21 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
         ifindexes = links.resolve(c.interfaces)
         check_privileges()
         owned = (cfg.state_path, Pins.scope_of(c.pin_dir, cfg.state_path)) if c.pin_dir else (cfg.state_path,)
-        if cfg.user:  # checked now, before anything is loaded; done once attached
+        user = target_user(cfg.user)
+        code: CodeDirs | None = None
+        if cfg.user == ROOT and os.getuid() == 0:
+            log.warning('user = "root": the agent keeps the user and the capabilities it was started with while '
+                        "it runs (by default it gives them up once attached)")
+            try:
+                reclaim(owned)  # what an earlier run gave its user, so that root without its powers may write it
+            except PrivilegeError as exc:
+                log.warning("%s: the state an earlier run handed to its user stays that user's", exc)
+        if user is not None:  # checked now, before anything is loaded; done once attached
             cfg.state_path.mkdir(parents=True, exist_ok=True)
-            check_user(cfg.user, (cfg.state_path,), code_directories())
+            uid, gid = check_user(user, (cfg.state_path,), _fix(cfg))
             reclaim(owned)  # (what an earlier run handed to the user: handed to it again once attached)
+            code = CodeDirs(uid, gid)
+            resources.callback(code.close)
         telemetry = Telemetry()
         cancel = Cancel()
         identity = Identity(cfg.host_id, str(uuid.uuid4()))
@@ -238,7 +257,8 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
         if logs_topic and kafka is not None:
             ingest, parser = _ingest(cfg, buffer, telemetry, identity, schema_ids[f"{logs_topic}-value"], kafka,
                                      detached, cancel,
-                                     lambda answered: server.reply(answered) if server is not None else None)
+                                     lambda answered: server.reply(answered) if server is not None else None,
+                                     code)
             resources.callback(parser.close)  # after the server has stopped (the stack unwinds backwards)
         running = {"cfg": cfg}
 
@@ -293,7 +313,8 @@ def build(cfg: AgentConfig, *, out: BinaryIO | None = None, status_line: Callabl
             publisher=publisher, buffer=buffer,
             telemetry=telemetry, cancel=cancel, detached=detached, channels=channels,
             kernel_counters=program.counters, reload=reload, periodic=periodic, resources=resources.pop_all(),
-            after_attach=(functools.partial(_give_up, cfg, owned, program, control) if cfg.user else None))
+            after_attach=(functools.partial(_give_up, cfg, user, owned, code, program, control)
+                          if user is not None and code is not None else None))
         agent = Agent(parts, duration_s=cfg.duration_s, flush_timeout_s=cfg.kafka.flush_timeout_s)
         agent.report_extra = lambda: {"instance": identity.instance_id, "capture_id": capture_id,
                                       "schema_ids": schema_ids, "buffer": buffer.kind,

@@ -21,9 +21,19 @@ Capabilities and no_new_privs belong to each thread, and the agent has threads
   the change (PR_SET_KEEPCAPS) and then narrows them to CAP_NET_ADMIN.  It
   checks every thread in /proc afterwards and refuses to go on if any holds more.
 
+The user is ``user`` if set; by default (started as root) the dedicated system
+user ``hdrlog`` (``scripts/setup.sh``, the unit and the image create it), or
+65534 where it does not exist.  ``user = "root"`` keeps root and every
+capability: an explicit choice, warned about at start (a process cannot take
+capabilities from its other threads without changing its user).
+
 The directories the agent writes later (state, pins) are handed to the user
-first.  Without ``user`` nothing changes after attach: a process cannot take
-capabilities from its other threads without changing its user.
+first; the directories above them must let it through (checked at start).  Its
+code need not be readable by the user: ``CodeDirs`` opens, before the drop,
+every directory the agent imports from that the user could not reach, and
+afterwards imports (and starts a parse worker again) through those descriptors
+(``/proc/self/fd/N``: a descriptor's directory is reached without searching the
+directories above it).  So a checkout in root's home (mode 0700) works.
 """
 
 from __future__ import annotations
@@ -38,6 +48,10 @@ from pathlib import Path
 from producer.errors import PrivilegeError
 
 CAP_CHOWN, CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN = 0, 6, 7, 12
+#: the user the agent becomes by default, once attached; ``NOBODY`` where it does not exist
+AGENT_USER, NOBODY = "hdrlog", 65534
+#: ``user`` for staying root with every capability
+ROOT = "root"
 #: what the agent keeps after the drop, on its main thread only
 KEPT = 1 << CAP_NET_ADMIN
 #: what becoming the user takes (handing it the directories, then the ids)
@@ -132,13 +146,83 @@ def resolve_user(user: str) -> tuple[int, int]:
     return uid, gid
 
 
-def code_directories() -> list[Path]:
-    """Where the agent's Python code comes from: this package, and every site-packages directory."""
-    import site
-    import sys
+def target_user(user: str) -> str | None:
+    """The user to become once attached, or None to stay as started: ``user`` as configured; by default
+    (empty) ``AGENT_USER``, or ``NOBODY`` where that user does not exist, when started as root (not root,
+    there is nothing to give up); ``ROOT``: stay root."""
+    if user == ROOT:
+        return None
+    if user:
+        return user
+    if os.getuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(AGENT_USER)
+        return AGENT_USER
+    except KeyError:
+        return str(NOBODY)
 
-    found = [Path(__file__).parent, *(Path(d) for d in site.getsitepackages() if Path(d).is_dir())]
-    return [p for p in dict.fromkeys(found) if str(p).startswith((sys.prefix, str(Path(__file__).parent)))]
+
+class CodeDirs:
+    """The directories the agent imports from that ``uid``/``gid`` could not reach, held open (O_PATH)
+    from before the drop: afterwards ``reroute`` points the import system at ``/proc/self/fd/N`` (the
+    module docstring) and ``python_path`` gives a new interpreter the same path."""
+
+    def __init__(self, uid: int, gid: int) -> None:
+        import sys
+
+        roots = [Path(p) for p in sys.path if p and Path(p).is_absolute() and Path(p).is_dir()]
+        # a package found by a finder of its own (an editable install) lives outside sys.path
+        roots += [Path(f).parent.parent for m in list(sys.modules.values())
+                  if (f := getattr(m, "__file__", None)) and "." not in m.__name__ and f.endswith("__init__.py")]
+        self.held: dict[str, int] = {}
+        self.rerouted = False
+        for root in dict.fromkeys(r.resolve() for r in roots):
+            if str(root) not in self.held and _unreadable(root, uid, gid) is not None:
+                self.held[str(root)] = os.open(root, os.O_PATH | os.O_DIRECTORY)
+
+    def _mapped(self, path: str) -> str:
+        """``path`` through the held descriptor of the directory it is in, if any."""
+        for root, fd in self.held.items():
+            if path == root or path.startswith(root + "/"):
+                return f"/proc/self/fd/{fd}{path[len(root):]}"
+        return path
+
+    def reroute(self) -> None:
+        """After the drop: the import path and every loaded package's ``__path__`` through the descriptors."""
+        import importlib
+        import sys
+
+        if not self.held:
+            return
+        sys.path[:] = [self._mapped(str(Path(p).resolve())) if p and Path(p).is_absolute() else p
+                       for p in sys.path]
+        for m in list(sys.modules.values()):
+            search = getattr(m, "__path__", None)
+            if isinstance(search, list):
+                search[:] = [self._mapped(str(Path(p).resolve())) for p in search]
+        sys.path_importer_cache.clear()
+        importlib.invalidate_caches()
+        self.rerouted = True
+
+    def command(self, module: str) -> tuple[list[str], dict[str, str], tuple[int, ...]]:
+        """How to start ``python -m module`` now: (argv, environment to add, descriptors to pass). After
+        ``reroute``, when the agent's interpreter or code cannot be reached, the base interpreter with the
+        import path through the descriptors (passed to it)."""
+        import sys
+
+        if not self.rerouted or not self.held:
+            return [sys.executable, "-P", "-m", module], {}, ()
+        entries = [self._mapped(str(Path(p).resolve())) for p in sys.path if p and Path(p).is_absolute()]
+        entries += [f"/proc/self/fd/{fd}" for fd in self.held.values()]  # (a package outside sys.path)
+        base = getattr(sys, "_base_executable", sys.executable)
+        return [base, "-P", "-m", module], {"PYTHONPATH": ":".join(dict.fromkeys(entries))}, \
+            tuple(self.held.values())
+
+    def close(self) -> None:
+        for fd in self.held.values():
+            os.close(fd)
+        self.held.clear()
 
 
 def reclaim(owned: Iterable[Path]) -> None:
@@ -180,11 +264,11 @@ def _unreadable(path: Path, uid: int, gid: int, last: int = 0o5) -> str | None:
     return None  # pragma: no cover
 
 
-def check_user(user: str, reachable: Iterable[Path] = (), code: Iterable[Path] = ()) -> tuple[int, int]:
+def check_user(user: str, reachable: Iterable[Path] = (), fix: str = "set user") -> tuple[int, int]:
     """(uid, gid) the agent can become once attached, or a PrivilegeError saying why not: it must run as
     root holding CAP_CHOWN, CAP_SETGID and CAP_SETUID; ``user`` must reach the directories of
-    ``reachable`` (its state) and read those of ``code`` (later imports, a parse worker started again).
-    At start, before anything is loaded, and again at the drop."""
+    ``reachable`` (its state; its code need not be reachable: ``CodeDirs``).  At start, before anything
+    is loaded, and again at the drop; ``fix``: the other way out the errors name."""
     if os.getuid() != 0:
         raise PrivilegeError(f"user is {user!r}, but the agent does not run as root (uid {os.getuid()}): "
                              "start it as root with the capabilities it needs, or leave user empty")
@@ -192,27 +276,23 @@ def check_user(user: str, reachable: Iterable[Path] = (), code: Iterable[Path] =
     effective = ThreadCreds.read(Path("/proc/thread-self/status")).effective
     missing = [name for cap, name in _NEEDED.items() if not effective >> cap & 1]
     if missing:
-        raise PrivilegeError(f"becoming user {user} once attached needs {', '.join(missing)} as well")
-    for path in code:
-        why = _unreadable(path, uid, gid)
-        if why is not None:
-            raise PrivilegeError(f"user {user} could not read the agent's code in {path} ({why}): install it "
-                                 "where that user can read it, or leave user empty")
+        raise PrivilegeError(f"becoming user {user} once attached needs {', '.join(missing)} as well ({fix})")
     for path in reachable:  # (handed over at the drop, but the directories above stay as they are)
         why = _unreadable(path.parent, uid, gid, last=0o1)
         if why is not None:
             raise PrivilegeError(f"user {user} could not reach {path} ({why}): choose a directory that user "
-                                 "can reach, or leave user empty")
+                                 f"can reach ({fix})")
     return uid, gid
 
 
 def drop_after_attach(user: str, owned: Iterable[Path], reachable: Iterable[Path] = (),
-                      code: Iterable[Path] = ()) -> str:
+                      code: CodeDirs | None = None, fix: str = "set user") -> str:
     """On the main thread, once attached: become ``user`` keeping only CAP_NET_ADMIN there and nothing on
     the other threads (the module docstring); ``owned``: the directories the agent writes later, handed to
-    the user (``reachable``, ``code``: ``check_user``).  Returns what the agent holds now, for the log; a
-    PrivilegeError if any step or the check of every thread fails."""
-    uid, gid = check_user(user, reachable, code)
+    the user (``reachable``, ``fix``: ``check_user``); ``code``: imports through its descriptors from then
+    on.  Returns what the agent holds now, for the log; a PrivilegeError if any step or the check of
+    every thread fails."""
+    uid, gid = check_user(user, reachable, fix)
     try:
         for path in owned:
             _chown_tree(path, uid, gid)
@@ -237,4 +317,8 @@ def drop_after_attach(user: str, owned: Iterable[Path], reachable: Iterable[Path
                  else t.effective | t.permitted | t.ambient)]
     if wrong:
         raise PrivilegeError(f"after becoming user {user}, thread {wrong[0].tid} still holds more: {wrong[0]}")
-    return f"uid {uid}, gid {gid}; capabilities: CAP_NET_ADMIN on the main thread, none on the other threads"
+    if code is not None:
+        code.reroute()
+    through = f"; code through descriptors from {', '.join(code.held)}" if code is not None and code.held else ""
+    return (f"user {user}: uid {uid}, gid {gid}; capabilities: CAP_NET_ADMIN on the main thread, none on the "
+            f"other threads{through}")

@@ -52,6 +52,12 @@ if [ ! -e "$kmod/build" ]; then
   [ -e "$kmod/source" ] || ln -sfn "${common:-$hdr}" "$kmod/source"
 fi
 
+# The agent's own system user: started as root, the agent becomes it once attached (producer/privileges.py).
+if ! getent passwd hdrlog >/dev/null; then
+  echo "setup: creating the system user hdrlog (the agent becomes it once attached)"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin hdrlog
+fi
+
 # Java 21+ for the schema registry (Apicurio 3.x): any Temurin JDK will do.
 java21=""
 for home in /usr/lib/jvm/temurin-*; do

@@ -66,6 +66,29 @@ def _session_pins() -> Iterator[None]:
         shutil.rmtree(pins, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _temp_dirs_others_can_pass(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Started as root, an agent becomes the user ``hdrlog`` once attached (its default) and must reach its
+    state directory, and read its config again at SIGHUP; pytest makes its directories root's alone
+    (0700). Here they let others through (0711: searched, not listed), as /var/lib lets hdrlog reach
+    /var/lib/hdrlog."""
+    base = tmp_path_factory.getbasetemp()
+    for d in (base.parent, base) if base.parent.name.startswith("pytest-of-") else (base,):
+        d.chmod(0o711)
+    original = pytest.TempPathFactory.mktemp
+
+    def mktemp(self: pytest.TempPathFactory, basename: str, numbered: bool = True) -> Path:
+        made = original(self, basename, numbered)
+        made.chmod(0o711)
+        return made
+
+    pytest.TempPathFactory.mktemp = mktemp  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        pytest.TempPathFactory.mktemp = original  # type: ignore[method-assign]
+
+
 @pytest.fixture(scope="session")
 def root_required() -> None:
     if os.geteuid() != 0:

@@ -29,7 +29,9 @@ def test_quick_bench_table_is_well_formed(stack, tmp_path: Path) -> None:
     for (name, _rate), r in rows.items():
         assert r["offered"] > 40_000, r  # the sender kept its rate
         assert 0 <= r["delivered"] <= r["offered"] + 10, r  # tshark/pmacct may see a stray frame; never more
-        assert r["cpu_s"] > 0 and r["per_cpu_s"] == round(r["delivered"] / r["cpu_s"]), r
+        assert r["cpu_s"] > 0 and r["startup_cpu_s"] > 0, r
+        assert r["per_cpu_s"] == round(r["delivered"] / (r["cpu_s"] + r["startup_cpu_s"])), r  # start-up in
+        assert r["running_per_cpu_s"] == round(r["delivered"] / r["cpu_s"]), r
         assert r["unaccounted"] == r["offered"] - r["delivered"] - sum(r["counted"].values()), r
         if name.startswith("hdrlog"):
             # on a quiet pair at 50k packets/s the agent keeps everything, and everything is accounted for
@@ -41,7 +43,12 @@ def test_quick_bench_table_is_well_formed(stack, tmp_path: Path) -> None:
     for shape in ("batch", "record"):
         q = report["latency_ms"][shape]
         assert q["records"] > 30_000 and 0 <= q["p50"] <= q["p99"] <= q["max"], q
+    idle = report["idle"]
+    assert idle["seconds"] == 3.0 and idle["cpu_s"] > 0 and abs(idle["cpu_fraction"] - idle["cpu_s"] / 3.0) < 1e-4
+    names = {n for n, _cpu in idle["threads"]}
+    assert {"hdrlog-capture", "hdrlog-publish"} <= names and any(n.startswith("rdk:") for n in names), names
     table = (tmp_path / "bench.md").read_text()
+    assert "- at 50k: hdrlog batch / pmacctd **" in table and "- idle agent " in table
     assert table.count("\n| ") == 1 + len(CONTENDERS)  # the header and one row per contender
     assert "records / CPU-s" in table and "unaccounted loss, hdrlog, every rate: 0 (met)" in table
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -102,3 +109,23 @@ def test_ingest_bench_verdicts_follow_its_targets() -> None:
     assert row("outage", 1000, 500.0).verdict() == "-"
     md = markdown([row("single", single, 1.0), row("array", array - 10, 1.0)])
     assert md.splitlines()[2].endswith("| met |") and "| NOT met: " in md.splitlines()[3]
+
+
+def test_bench_targets_are_judged_at_every_rate_on_the_whole_run() -> None:
+    """A contender that meets a target flat out but not at 50k is NOT met at 50k; start-up CPU counts."""
+    from producer.bench.run import Report, Row, markdown
+
+    r = Report("2026-12-07 00:00 UTC", "2 vCPUs", 5.0)
+    # (contender, rate, seconds, offered, delivered, counted, CPU ready to exit) + start-up CPU
+    r.rows = [Row("hdrlog batch", 50_000, 5.0, 250_000, 250_000, {}, 0.05, startup_cpu_s=0.20),  # 1M: 10x of 100k
+              Row("pmacctd", 50_000, 5.0, 250_000, 250_000, {}, 2.45, startup_cpu_s=0.05),       # 100k
+              Row("hdrlog batch", 0, 5.0, 5_000_000, 5_000_000, {}, 2.0, startup_cpu_s=3.0),      # 1M
+              Row("pmacctd", 0, 5.0, 2_000_000, 1_000_000, {}, 10.0, startup_cpu_s=0.0)]          # 100k
+    md = markdown(r)
+    assert "- at 50k: hdrlog batch / pmacctd **10.0x** (target 10x: met; from ready 49.0x)" in md
+    assert "- at max: hdrlog batch / pmacctd **10.0x** (target 10x: met; from ready 25.0x)" in md
+    r.rows[0].startup_cpu_s = 0.21  # a little more start-up: below 10x at 50k, not at max
+    md = markdown(r)
+    assert "- at 50k: hdrlog batch / pmacctd **9.6x** (target 10x: NOT met" in md
+    assert "- at max: hdrlog batch / pmacctd **10.0x** (target 10x: met" in md
+    assert "hdrlog batch 961,538 records per CPU-second (target 1,000,000: NOT met)" in md

@@ -3,10 +3,13 @@
 
 setpriv (util-linux) starts it with those three as its ambient capabilities and nothing else in any set,
 with no_new_privs, and with the "noroot" securebits, so that user id 0 confers nothing: root without
-root's powers (no CAP_DAC_OVERRIDE, CAP_SYS_ADMIN, ...).  The test runs it as user 0 so that it can
-read the checkout wherever CI puts it (a ``nobody`` agent needs a checkout others can read; the README
-shows that form).  Every datagram sent across the veth must be a record; /proc/PID/status must show
-exactly the documented set in every capability set."""
+root's powers (no CAP_DAC_OVERRIDE, CAP_SYS_ADMIN, ...), and ``user = "root"`` (stay as started).
+Every datagram sent across the veth must be a record; /proc/PID/status must show exactly the
+documented set in every capability set.
+
+By default, started as root, the agent becomes the system user ``hdrlog`` once attached, with nothing
+but CAP_NET_ADMIN on its main thread, wherever its code is (a checkout in root's 0700 home included:
+it imports through descriptors it opened before)."""
 
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ def _caps(pid: int) -> dict[str, int]:
 def test_the_agent_captures_with_three_capabilities_and_no_more(quiet_veth: Any, start_agent: Any,
                                                                 udp_sinks: Any) -> None:
     udp_sinks(6300)
-    agent = start_agent(quiet_veth.host_if, "--stdout", "--listen", "off", prefix=_setpriv())
+    agent = start_agent(quiet_veth.host_if, "--stdout", "--listen", "off", "--user", "root", prefix=_setpriv())
     agent.wait_attached()
     status = Path(f"/proc/{agent.proc.pid}/status").read_text()
     no_new_privs = next(line.split()[1] for line in status.splitlines() if line.startswith("NoNewPrivs:"))
@@ -101,43 +104,30 @@ def open_dir() -> Any:
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture
-def checkout_readable_by_others() -> Any:
-    """The agent's code must be readable by the user it becomes (the README says so; the agent checks the
-    directories). Directories above the checkout that others cannot search are made searchable (o+x) for
-    the test and restored."""
-    from producer.privileges import _unreadable
-
-    changed: list[tuple[Path, int]] = []
-    for d in reversed([ROOT, *ROOT.parents]):
-        mode = d.stat().st_mode
-        if not mode & 0o001:
-            changed.append((d, mode))
-            d.chmod(mode | 0o001)
-    assert (ROOT / "producer" / "__init__.py").stat().st_mode & 0o004, "the checkout's files are not world-readable"
-    assert _unreadable(ROOT / "producer", 65534, 65534) is None
-    yield
-    for d, mode in changed:
-        d.chmod(mode & 0o7777)
-
-
-@pytest.mark.parametrize("hook", ["tc", "xdp"])
+@pytest.mark.parametrize(("user", "hook"), [("default", "tc"), ("default", "xdp"), ("4242:4242", "tc")])
 def test_after_attaching_the_agent_becomes_its_user_with_only_net_admin(
-        root_required, stack, start_agent, udp_sinks, open_dir: Path, checkout_readable_by_others: None,
-        hook: str) -> None:
-    """Started as root with the three capabilities and the three it needs to change its user, the agent
-    attaches, then becomes uid 4242 (no passwd entry: a uid is enough): every thread (its stages',
-    librdkafka's, the server's) runs as 4242 with no capability, but the main thread, which keeps
-    CAP_NET_ADMIN, and none can gain one (no_new_privs). Through its map descriptors it still drains,
-    counts and takes a SIGHUP filter change; its watcher attaches a link that appears afterwards; it
-    delivers every record to Kafka. Its parse worker became nobody before, so the agent may no longer
-    signal it: it still exits cleanly, and its hooks (XDP ones found by program id) and pins are gone."""
+        root_required, stack, start_agent, udp_sinks, tmp_path: Path, user: str, hook: str) -> None:
+    """Started as root (``default``: with every capability and no ``user`` setting; ``4242:4242``: with
+    the three capabilities and the three it needs to change its user, under setpriv, as the unit starts
+    it), the agent attaches, then becomes ``hdrlog`` (the system user setup.sh made) or uid 4242 (no
+    passwd entry: a uid is enough): every thread (its stages', librdkafka's, the server's) runs as that
+    user with no capability, but the main thread, which keeps CAP_NET_ADMIN, and none can gain one
+    (no_new_privs). Through its map descriptors it still drains, counts and takes a SIGHUP filter change;
+    its main thread attaches a link that appears afterwards; it delivers every record to Kafka. Its
+    parse worker became nobody before, so the agent may no longer signal it: it still exits cleanly, and
+    its hooks (XDP ones found by program id) and pins are gone. Its code is read from wherever this
+    checkout is (through descriptors where the user could not reach it)."""
+    import pwd
     import uuid
 
     from producer.netns import VethNamespace
     from producer.privileges import threads
     from tests.conftest import expand, read_topic
 
+    uid = gid = 4242
+    if user == "default":
+        entry = pwd.getpwnam("hdrlog")  # scripts/setup.sh made it
+        uid, gid = entry.pw_uid, entry.pw_gid
     tag = f"hlu{os.getpid() % 1000}"
     first = VethNamespace(ns=f"{tag}-0", host_if=f"{tag}x0", peer_if=f"{tag}y0", host_ip="10.206.0.1",
                           peer_ip="10.206.0.2")
@@ -145,23 +135,23 @@ def test_after_attaching_the_agent_becomes_its_user_with_only_net_admin(
                           peer_ip="10.206.1.2")
     udp_sinks(6310, 6311)
     topic = f"hdrlog.test.user.{uuid.uuid4().hex[:8]}"
-    cfg = open_dir / "agent.toml"
+    cfg = tmp_path / "agent.toml"  # (read again at SIGHUP, by the user: the test's directories let it through)
     cfg.write_text("[capture]\nsample_rate = 1\n")
-    cfg.chmod(0o644)  # (read again at SIGHUP, by nobody)
-    state = open_dir / "state"
+    state = tmp_path / "state"
     first.create(quiet=True)
     try:
-        agent = start_agent(f"{tag}x*", "--config", str(cfg), "--user", "4242:4242", "--state-dir", str(state),
+        how = (() if user == "default" else ("--user", user))
+        agent = start_agent(f"{tag}x*", "--config", str(cfg), *how, "--state-dir", str(state),
                             "--bootstrap-servers", stack.bootstrap_servers, "--schema-registry",
                             stack.registry_url, "--topic", topic, "--buffer", "disk", "--hook", hook,
-                            prefix=_setpriv_root(DROP_CAPS))
+                            prefix=() if user == "default" else _setpriv_root(DROP_CAPS))
         agent.wait_attached()
         wait_for(lambda: any(x["msg"].startswith("gave up what capturing no longer needs") for x in agent.log_lines()),
                  30, "the privileges given up")
         pid = agent.proc.pid
         seen = threads(pid)
         assert len(seen) >= 5  # the stages', the server's, librdkafka's
-        assert {t.uids for t in seen} == {(4242,) * 4} and {t.gids for t in seen} == {(4242,) * 4}
+        assert {t.uids for t in seen} == {(uid,) * 4} and {t.gids for t in seen} == {(gid,) * 4}
         assert {t.groups for t in seen} == {()}
         from producer.bench.ingest import worker_pids
         workers = worker_pids(pid)
@@ -169,22 +159,20 @@ def test_after_attaching_the_agent_becomes_its_user_with_only_net_admin(
         assert all(t.no_new_privs for t in seen)
         main = next(t for t in seen if t.tid == pid)
         assert (main.effective, main.permitted, main.inheritable, main.ambient) == (NET_ADMIN, NET_ADMIN, 0, 0)
-        others = [(t.effective, t.permitted, t.ambient) for t in seen if t.tid != pid]
-        # nothing, but for the link watcher, started from the main thread after the drop: CAP_NET_ADMIN
-        # (the inheritable set they keep is setpriv's and grants nothing: exec under no_new_privs gives no more
-        # than the empty permitted set; producer/privileges.py)
-        assert sorted(others)[-1] == (NET_ADMIN, NET_ADMIN, 0) and sorted(others)[:-1] == [(0, 0, 0)] * (
-            len(others) - 1), [t for t in seen if t.tid != pid and (t.effective or t.permitted or t.ambient)]
-        assert stat_owner(state) == (4242, 4242)
+        # nothing (an inheritable set they keep is setpriv's and grants nothing: exec under no_new_privs gives
+        # no more than the empty permitted set; producer/privileges.py); never CAP_SYS_ADMIN anywhere
+        holding = [t for t in seen if t.tid != pid and (t.effective or t.permitted or t.ambient)]
+        assert not holding, holding
+        assert stat_owner(state) == (uid, gid)
 
         send_udp(first, first.host_ip, 6310, 20)
-        # a filter change through the control maps, as nobody
+        # a filter change through the control maps, as the user
         cfg.write_text('[capture]\nsample_rate = 1\nports = ["6311"]\n')
         agent.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: any(x["msg"].startswith("applied filters") for x in agent.log_lines()), 10, "the reload")
         send_udp(first, first.host_ip, 6310, 20)  # filtered out now
         send_udp(first, first.host_ip, 6311, 30)
-        # a link that appears now is attached by the watcher, which inherited CAP_NET_ADMIN
+        # a link that appears now is attached by the main thread, which kept CAP_NET_ADMIN
         later.create(quiet=True)
         wait_for(lambda: f'"capturing on {later.host_if} (appeared later)"' in agent.stderr, 10, "the new link")
         send_udp(later, later.host_ip, 6311, 15)
@@ -221,15 +209,23 @@ def stat_owner(path: Path) -> tuple[int, int]:
     return st.st_uid, st.st_gid
 
 
+@pytest.mark.parametrize("user", ["nobody", "default"])
 def test_a_user_that_cannot_reach_its_state_directory_is_refused_at_start(root_required, start_agent,
-                                                                          quiet_veth, tmp_path: Path) -> None:
-    """pytest's temporary directories are root's (0700): ``nobody`` could not write its state there later,
-    so the agent says so at start, before it loads anything, and stops."""
-    agent = start_agent(quiet_veth.host_if, "--stdout", "--user", "nobody", "--state-dir", str(tmp_path / "s"))
+                                                                          quiet_veth, tmp_path: Path,
+                                                                          user: str) -> None:
+    """Under a directory that is root's alone (0700) the user could not write its state later, so the agent
+    says so at start, before it loads anything, and stops; the line names the way out."""
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    how = ("--user", "nobody") if user == "nobody" else ()
+    agent = start_agent(quiet_veth.host_if, "--stdout", *how, "--state-dir", str(closed / "s"))
     _out, err = agent.wait_exit(60)
     assert agent.proc.returncode == 1, err
     line = [x for x in err.splitlines() if x.startswith("hdrlog: error:")][-1]
-    assert line.startswith(f"hdrlog: error: user nobody could not reach {tmp_path / 's'}"), line
+    name = "nobody" if user == "nobody" else "hdrlog"
+    assert line.startswith(f"hdrlog: error: user {name} could not reach {closed / 's'} ({closed} is mode 0700"), line
+    assert line.endswith('or user = "root" to stay root)' if user == "nobody" else
+                         'the default user once attached; user = "root" stays root)'), line
     assert "capturing" not in err
 
 
@@ -241,7 +237,7 @@ def test_becoming_a_user_without_the_capabilities_for_it_is_refused_at_start(roo
     _out, err = agent.wait_exit(60)
     assert agent.proc.returncode == 1, err
     assert err.splitlines()[-1] == ("hdrlog: error: becoming user nobody once attached needs CAP_CHOWN, "
-                                    "CAP_SETGID, CAP_SETUID as well"), err[-400:]
+                                    'CAP_SETGID, CAP_SETUID as well (or user = "root" to stay root)'), err[-400:]
     assert "capturing" not in err
 
 

@@ -91,10 +91,13 @@ def read_until_capturing(proc: subprocess.Popen[str], lines: list[str], ready: t
 class HdrlogContender:
     """`hdrlog agent --shape SHAPE` with the defaults a user gets."""
 
-    def __init__(self, shape: str, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, shape: str, extra: tuple[str, ...] = (), listen: str = "off") -> None:
+        """``listen``: the HTTP server's address (off in the throughput runs; the idle run has the default's
+        server, its ingest and parse worker)."""
         self.shape = shape
         self.name = f"hdrlog {shape}"
         self._extra = extra
+        self.listen = listen
 
     def available(self) -> str | None:
         return None
@@ -112,7 +115,7 @@ class RunningAgent:
         argv = [sys.executable, "-m", "producer", "--log-format", "json", "agent", "--iface", target.iface,
                 "--bootstrap-servers", target.bootstrap_servers, "--schema-registry", target.registry_url,
                 "--topic", target.topic, "--shape", contender.shape, "--state-dir", target.workdir,
-                "--listen", "off", *contender._extra]
+                "--listen", contender.listen, *contender._extra]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      preexec_fn=self.cpu.preexec_fn())
         self._ready = threading.Event()
@@ -156,6 +159,7 @@ class RunningAgent:
         note = f"{messages} messages"
         if in_topic != acked:
             note += f"; acknowledged {acked} but the topic holds {in_topic}"
-        return Result(self.c.name, in_topic, cpu, counted, peak_rss_bytes=usage.ru_maxrss * 1024,
+        return Result(self.c.name, in_topic, cpu, self.cpu_at_ready, counted,
+                      peak_rss_bytes=usage.ru_maxrss * 1024,
                       note=note, extra={"bpf_map_bytes": self.bpf_bytes, "seen": int(kernel["seen"]),
                                         "acknowledged": acked})

@@ -3,13 +3,24 @@
 A contender is started against one interface and one fresh Kafka topic, reports
 ready, sees the traffic, is stopped, and then reports what it delivered (read
 back from the topic: acknowledged by the broker) and the CPU of all of its
-processes between ready and exit (``CpuGroup``: a cpuacct cgroup).
+processes (``CpuGroup``: a cpuacct cgroup), from its start to ready and from
+ready to exit.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
+
+
+def workdir(prefix: str, parent: Path | None = None) -> Path:
+    """A fresh directory for a run, that others may pass through (0711): an agent started as root becomes
+    the user ``hdrlog`` once attached (its default), which must reach its state directory in it."""
+    made = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    made.chmod(0o711)
+    return made
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +41,7 @@ class Result:
     name: str
     delivered: int  # records acknowledged by the broker (read back from the topic)
     cpu_s: float  # CPU of all its processes (user + system) from ready to exit
+    startup_cpu_s: float = 0.0  # ... and from its start to ready (set by the bench)
     counted: dict[str, int] = field(default_factory=dict)  # losses the contender itself counted, by reason
     peak_rss_bytes: int = 0  # 0: not measured
     note: str = ""  # one line, e.g. why it delivered nothing
@@ -52,4 +64,4 @@ class Contender(Protocol):
         """None if it can run here, else a one-line reason (e.g. ``tshark not installed``)."""
 
     def start(self, target: Target) -> Running:
-        """Start it and return once it is ready to capture (its start-up excluded from the CPU)."""
+        """Start it and return once it is ready to capture (its start-up's CPU counted apart)."""

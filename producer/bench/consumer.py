@@ -23,7 +23,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from typing import Any
 
 from producer.bench.agent import HdrlogContender
 from producer.bench.cgroup import CpuGroup
+from producer.bench.common import workdir as fresh_workdir
 from producer.bench.run import Bench, machine, replace_between
 from producer.errors import HdrlogError
 
@@ -283,7 +283,7 @@ def _wait_assigned(bootstrap: str, group: str, members: int, timeout_s: float = 
 
 
 def run_consumer_bench(*, records: int, out_dir: Path, say: Callable[[str], None], update: Path | None) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="hdrlog-bench-consumer-"))
+    workdir = fresh_workdir("hdrlog-bench-consumer-")
     cb = ConsumerBench(say, records, workdir)
     with Bench(say, 1.0, workdir) as bench:
         say(f"topics: the agent writes ~{records:,} records in each shape")

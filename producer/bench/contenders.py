@@ -2,7 +2,7 @@
 obvious per-record Python pipeline (benchmarks/per_record_baseline.py).
 
 Each runs in its own ``CpuGroup``; its CPU is the group's usage at exit minus
-at ready.  ``stop()`` first lets the contender work off what it still holds
+at ready, and its start-up's the usage at ready.  ``stop()`` first lets the contender work off what it still holds
 (``settle``: its CPU use falls to near zero, bounded), then signals it the
 way its documentation asks for a graceful end, waits for every process of the
 group to exit and reads the topic back: what the broker acknowledged.
@@ -253,7 +253,9 @@ class _Run(abc.ABC):
             cpu_s = self.group.usage_s() - self.cpu_at_ready
         finally:
             self.abort()
-        return self._result(cpu_s, notes)
+        result = self._result(cpu_s, notes)
+        result.startup_cpu_s = self.cpu_at_ready
+        return result
 
 
 # -- a. tshark -T ek | kcat -P ---------------------------------------------------------------------

@@ -27,7 +27,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from producer.bench.agent import read_until_capturing
+from producer.bench.common import workdir as fresh_workdir
 from producer.errors import HdrlogError
 
 MARK_BEGIN = "<!-- hdrlog bench ingest: begin -->"
@@ -339,7 +339,7 @@ def run_ingest_bench(*, out_dir: Path, say: Callable[[str], None], update: Path 
     from producer.bench.sender import send
     from producer.devstack import LocalStack
 
-    workdir = Path(tempfile.mkdtemp(prefix="hdrlog-bench-ingest-"))
+    workdir = fresh_workdir("hdrlog-bench-ingest-")
     rows: list[IngestRow] = []
     with Bench(say, 1.0, workdir) as bench:
         stack = bench.stack

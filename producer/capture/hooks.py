@@ -89,9 +89,10 @@ class Hooks:
         return names
 
     def watch(self) -> None:
-        """Start attaching the links that appear (subscribed since ``attach_all``: none is missed)."""
+        """Attach the links that appeared since the last call (subscribed since ``attach_all``: none is
+        missed); the agent calls it on its main thread every tick."""
         if self._watcher is not None:
-            self._watcher.start()
+            self._watcher.poll()
 
     def _retire_stale(self) -> None:
         """Remove the hooks of taken-over captures that are still attached anywhere in this namespace."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 import select
-import threading
 from collections.abc import Callable, Iterable
 
 from pyroute2 import IPRoute
@@ -42,35 +41,28 @@ def resolve(specs: Iterable[str]) -> dict[str, int]:
 
 
 class LinkWatcher:
-    """Calls ``on_new(name, ifindex)`` for each link that appears and matches a pattern."""
+    """Calls ``on_new(name, ifindex)`` for each link that appears and matches a pattern, from ``poll``:
+    on the agent's main thread, the only one that keeps CAP_NET_ADMIN once the agent gave up root
+    (``privileges``), so no other thread needs it."""
 
     def __init__(self, patterns: list[str], on_new: Callable[[str, int], None]) -> None:
         self._patterns = patterns
         self._on_new = on_new
-        self._stop = threading.Event()
         self._ipr = IPRoute()
         self._ipr.bind(groups=RTMGRP_LINK)  # subscribe before the caller lists links: no gap
-        self._thread = threading.Thread(target=self._run, name="hdrlog-links", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
         self._ipr.close()
 
-    def _run(self) -> None:
+    def poll(self) -> None:
+        """Attach the links whose events arrived since the last call (never blocks)."""
         fd = self._ipr.fileno()
-        while not self._stop.is_set():
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if not ready:
-                continue
+        while select.select([fd], [], [], 0)[0]:
             try:
                 msgs = self._ipr.get()
             except Exception:  # noqa: BLE001 - keep watching; a bad message must not stop capture
                 log.exception("reading link events")
-                continue
+                return
             for msg in msgs:
                 if msg.get("event") != "RTM_NEWLINK":
                     continue

@@ -89,6 +89,14 @@ class WorkersBusy(HdrlogError):
 
 
 Taken = Parts | Parsed  # encoded events, or a Parsed that lists the bad ones
+MODULE = "producer.ingest.workers"
+#: how to start ``python -m MODULE``: (argv, environment to add, descriptors to pass)
+Command = Callable[[str], tuple[list[str], dict[str, str], tuple[int, ...]]]
+
+
+def python_module(module: str) -> tuple[list[str], dict[str, str], tuple[int, ...]]:
+    """This interpreter, ``-P -m module``."""
+    return [sys.executable, "-P", "-m", module], {}, ()
 
 
 def take_body(body: bytes, content_type: str, shape: Shape, received_ns: int, values: Values,
@@ -140,9 +148,10 @@ class _Worker:
     """One worker process and its requests in flight; used on the server's event loop only (but
     ``kill``)."""
 
-    def __init__(self, setup: bytes, on_death: Callable[[], None]) -> None:
+    def __init__(self, setup: bytes, on_death: Callable[[], None], command: Command) -> None:
         self._setup = setup
         self._on_death = on_death
+        self._command = command
         self._proc: subprocess.Popen[bytes] | None = None
         self._link: asyncio.Future[None] | None = None  # the event loop taking the pipes
         self._writer: asyncio.WriteTransport | None = None
@@ -158,8 +167,9 @@ class _Worker:
         """Start the process and send its setup (it answers READY once it can take bodies)."""
         env = {k: v for k, v in os.environ.items() if k in PASSED_ENV}  # no secret of the agent's
         # -P: the working directory is not on the worker's import path (it may be anyone's)
-        proc = subprocess.Popen([sys.executable, "-P", "-m", "producer.ingest.workers"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, close_fds=True, env=env)
+        argv, extra, fds = self._command(MODULE)
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+                                env=env | extra, pass_fds=fds)
         assert proc.stdin is not None
         try:
             proc.stdin.write(SETUP.pack(len(self._setup)) + self._setup)
@@ -391,10 +401,13 @@ class ParseWorkers:
     """``count`` worker processes; requests go to the one with the fewest in flight, and at most
     ``max_bytes`` of bodies wait for them (WorkersBusy beyond)."""
 
-    def __init__(self, count: int, setup: Setup, on_death: Callable[[], None], max_bytes: int) -> None:
+    def __init__(self, count: int, setup: Setup, on_death: Callable[[], None], max_bytes: int,
+                 command: Command = python_module) -> None:
+        """``command``: how to start the worker's interpreter (``privileges.CodeDirs.command`` once the
+        agent may have become a user that cannot reach its own)."""
         text = json.dumps({"schema": setup.schema, "schema_id": setup.schema_id, "consts": setup.consts,
                            "agent_pid": os.getpid()}).encode()
-        self._workers = [_Worker(text, on_death) for _ in range(count)]
+        self._workers = [_Worker(text, on_death, command) for _ in range(count)]
         self._max_bytes = max_bytes
         self._bytes = 0
 
