@@ -23,9 +23,10 @@ Capabilities and no_new_privs belong to each thread, and the agent has threads
 
 The user is ``user`` if set; by default (started as root) the dedicated system
 user ``hdrlog`` (``scripts/setup.sh``, the unit and the image create it), or
-65534 where it does not exist.  ``user = "root"`` keeps root and every
-capability: an explicit choice, warned about at start (a process cannot take
-capabilities from its other threads without changing its user).
+65534 where it does not exist.  ``user = "root"`` keeps the user and the
+capabilities it was started with: an explicit choice, warned about at start (a
+process cannot take capabilities from its other threads without changing its
+user).
 
 The directories the agent writes later (state, pins) are handed to the user
 first; the directories above them must let it through (checked at start).  Its
@@ -50,7 +51,7 @@ from producer.errors import PrivilegeError
 CAP_CHOWN, CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN = 0, 6, 7, 12
 #: the user the agent becomes by default, once attached; ``NOBODY`` where it does not exist
 AGENT_USER, NOBODY = "hdrlog", 65534
-#: ``user`` for staying root with every capability
+#: ``user`` for staying as started (root, with what capabilities it was given)
 ROOT = "root"
 #: what the agent keeps after the drop, on its main thread only
 KEPT = 1 << CAP_NET_ADMIN
@@ -166,7 +167,7 @@ def target_user(user: str) -> str | None:
 class CodeDirs:
     """The directories the agent imports from that ``uid``/``gid`` could not reach, held open (O_PATH)
     from before the drop: afterwards ``reroute`` points the import system at ``/proc/self/fd/N`` (the
-    module docstring) and ``python_path`` gives a new interpreter the same path."""
+    module docstring) and ``command`` starts a new interpreter with the same path."""
 
     def __init__(self, uid: int, gid: int) -> None:
         import sys
