@@ -9,10 +9,18 @@ ready to exit.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+
+def stat_cpu(stat: Path) -> tuple[str, float]:
+    """(name, CPU seconds so far: user + system) from a ``/proc/PID/stat`` or ``/proc/PID/task/TID/stat``."""
+    text = stat.read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    return text[text.index("(") + 1:text.rindex(")")], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def workdir(prefix: str, parent: Path | None = None) -> Path:

@@ -20,7 +20,6 @@ is written): each member's records per CPU-second against the single member's.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from typing import Any
 
 from producer.bench.agent import HdrlogContender
 from producer.bench.cgroup import CpuGroup
+from producer.bench.common import stat_cpu
 from producer.bench.common import workdir as fresh_workdir
 from producer.bench.run import Bench, machine, replace_between
 from producer.errors import HdrlogError
@@ -112,8 +112,7 @@ def _count_lines(path: Path) -> int:
 
 
 def _proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu(Path(f"/proc/{pid}/stat"))[1]
 
 
 class ConsumerBench:

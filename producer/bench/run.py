@@ -35,8 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from producer.bench.agent import HdrlogContender
-from producer.bench.common import Contender, Result, Target, workdir
-from producer.bench.contenders import PerRecordBaseline, Pmacctd, TsharkKcat, create_topic, delete_topics, topics_named
+from producer.bench.common import Contender, Result, Target, stat_cpu, workdir
+from producer.bench.contenders import (
+    PerRecordBaseline,
+    Pmacctd,
+    TsharkKcat,
+    create_topic,
+    delete_topics,
+    settle,
+    topics_named,
+)
 from producer.bench.sender import build_sender, send
 from producer.devstack import StackSettings
 from producer.errors import HdrlogError
@@ -227,7 +235,7 @@ class Bench:
         theirs, librdkafka's are rdk:*)."""
         running = HdrlogContender("batch", listen="127.0.0.1:0").start(self.target("idle"))
         try:
-            time.sleep(2.0)  # the start's last work (the first metadata, the stats reporter) out of the window
+            settle(running.cpu)  # the start's last work (the first metadata, the stats reporter) out of the window
             pid = running.proc.pid
             before, cpu0, switches0 = _thread_cpu(pid), running.cpu.usage_s(), _switches(pid)
             time.sleep(seconds)  # the window measured: nothing happens in it, by design
@@ -242,7 +250,7 @@ class Bench:
         threads = sorted(((n, round(c, 4)) for n, c in per.items()), key=lambda x: -x[1])
         out: dict[str, Any] = {"seconds": seconds, "cpu_s": round(cpu1 - cpu0, 4),
                                "cpu_fraction": round((cpu1 - cpu0) / seconds, 5),
-               "wakeups": switches1 - switches0, "threads": threads}
+                               "wakeups": switches1 - switches0, "threads": threads}
         self.say(f"  idle: {100 * out['cpu_fraction']:.2f}% of one CPU; "
                  + ", ".join(f"{n} {100 * c / seconds:.2f}%" for n, c in threads[:6]))
         return out
@@ -250,16 +258,12 @@ class Bench:
 
 def _thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     """tid -> (its name, its CPU seconds so far) for every thread of ``pid``."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[int, tuple[str, float]] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            text = (task / "stat").read_text()
+            out[int(task.name)] = stat_cpu(task / "stat")
         except OSError:
             continue
-        name = text[text.index("(") + 1:text.rindex(")")]
-        fields = text[text.rindex(")") + 2:].split()
-        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
     return out
 
 
